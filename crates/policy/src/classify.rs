@@ -1,0 +1,472 @@
+//! What an attempt's result means (retry-semantics.md §1).
+//!
+//! Classification works on plain values — a status code, a few header values, the machine-readable error code
+//! peeked from an error body, or the kind of transport failure — so it never learns about reqwest or hyper.
+//! The rule is "retry only what is explicitly known to be safe": anything unrecognised is fatal.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use crate::hints::{self, Hint};
+
+/// Header names the policy reads. Lowercase, as HTTP/2 and hyper spell them.
+pub mod header {
+    /// Seconds or an HTTP-date.
+    pub const RETRY_AFTER: &str = "retry-after";
+    /// Milliseconds (OpenAI, Azure OpenAI).
+    pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+    /// OpenAI's request-window reset, a Go-style duration such as `1s` or `6m0s`.
+    pub const RATELIMIT_RESET_REQUESTS: &str = "x-ratelimit-reset-requests";
+    /// OpenAI's token-window reset, a Go-style duration.
+    pub const RATELIMIT_RESET_TOKENS: &str = "x-ratelimit-reset-tokens";
+    /// `true` / `false`: the server's own verdict, which overrides the status rule.
+    pub const SHOULD_RETRY: &str = "x-should-retry";
+}
+
+/// The class an attempt ends in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// 2xx.
+    Success,
+    /// A failure that is safe to retry with normal backoff.
+    Transient,
+    /// A transient failure that carried a server wait hint.
+    RateLimited,
+    /// Never retried.
+    Fatal,
+}
+
+impl Class {
+    /// Stable lowercase name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Class::Success => "success",
+            Class::Transient => "transient",
+            Class::RateLimited => "rate_limited",
+            Class::Fatal => "fatal",
+        }
+    }
+
+    /// Whether this class may be retried.
+    pub const fn is_retryable(self) -> bool {
+        matches!(self, Class::Transient | Class::RateLimited)
+    }
+}
+
+/// Why an attempt produced no usable response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// Connection refused or could not be established (DNS, connect).
+    Connect,
+    /// The connection was reset or closed before the response was complete and nothing reached the caller.
+    ConnectionReset,
+    /// The per-attempt timeout (or time-to-first-byte limit) fired.
+    Timeout,
+    /// TLS or certificate failure: retrying will not fix it.
+    Tls,
+    /// The upstream answered something that is not a valid response (malformed JSON on a 2xx, bad framing).
+    InvalidResponse,
+    /// A stream failed or ended without its terminator.
+    StreamInterrupted,
+    /// The request failed local validation and never left.
+    Validation,
+    /// Anything else.
+    Other,
+}
+
+impl FailureKind {
+    /// The low-cardinality `error.type` of this failure.
+    pub const fn error_type(self) -> ErrorType {
+        match self {
+            FailureKind::Connect => ErrorType::ConnectError,
+            FailureKind::ConnectionReset => ErrorType::ConnectionReset,
+            FailureKind::Timeout => ErrorType::Timeout,
+            FailureKind::Tls => ErrorType::TlsError,
+            FailureKind::InvalidResponse => ErrorType::InvalidResponse,
+            FailureKind::StreamInterrupted => ErrorType::StreamInterrupted,
+            FailureKind::Validation => ErrorType::ValidationError,
+            FailureKind::Other => ErrorType::Other,
+        }
+    }
+
+    const fn class(self) -> Class {
+        match self {
+            FailureKind::Connect | FailureKind::ConnectionReset | FailureKind::Timeout => {
+                Class::Transient
+            }
+            _ => Class::Fatal,
+        }
+    }
+}
+
+/// The `error.type` recorded for a failed attempt: the status code when a response arrived, else a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    /// An HTTP status (recorded as its decimal string, e.g. `"503"`).
+    Status(u16),
+    /// `timeout`
+    Timeout,
+    /// `connect_error`
+    ConnectError,
+    /// `connection_reset`
+    ConnectionReset,
+    /// `tls_error`
+    TlsError,
+    /// `invalid_response`
+    InvalidResponse,
+    /// `stream_interrupted`
+    StreamInterrupted,
+    /// `validation_error`
+    ValidationError,
+    /// `_OTHER`, the semantic conventions' fallback.
+    Other,
+}
+
+impl ErrorType {
+    /// The recorded value.
+    pub fn as_str(self) -> Cow<'static, str> {
+        match self {
+            ErrorType::Status(code) => Cow::Owned(code.to_string()),
+            ErrorType::Timeout => Cow::Borrowed("timeout"),
+            ErrorType::ConnectError => Cow::Borrowed("connect_error"),
+            ErrorType::ConnectionReset => Cow::Borrowed("connection_reset"),
+            ErrorType::TlsError => Cow::Borrowed("tls_error"),
+            ErrorType::InvalidResponse => Cow::Borrowed("invalid_response"),
+            ErrorType::StreamInterrupted => Cow::Borrowed("stream_interrupted"),
+            ErrorType::ValidationError => Cow::Borrowed("validation_error"),
+            ErrorType::Other => Cow::Borrowed("_OTHER"),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+/// The parts of a response head (and error body) that classification and timing read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseHead<'a> {
+    /// HTTP status code.
+    pub status: u16,
+    /// `retry-after`
+    pub retry_after: Option<&'a str>,
+    /// `retry-after-ms`
+    pub retry_after_ms: Option<&'a str>,
+    /// `x-ratelimit-reset-requests`
+    pub ratelimit_reset_requests: Option<&'a str>,
+    /// `x-ratelimit-reset-tokens`
+    pub ratelimit_reset_tokens: Option<&'a str>,
+    /// `x-should-retry`
+    pub should_retry: Option<&'a str>,
+    /// `error.code` (or `error.type` when there is no code) from the error body, see [`peek_error_body`].
+    pub error_code: Option<&'a str>,
+}
+
+impl<'a> ResponseHead<'a> {
+    /// A head with only a status.
+    pub const fn status(status: u16) -> Self {
+        ResponseHead {
+            status,
+            retry_after: None,
+            retry_after_ms: None,
+            ratelimit_reset_requests: None,
+            ratelimit_reset_tokens: None,
+            should_retry: None,
+            error_code: None,
+        }
+    }
+
+    /// Builds a head from a header lookup (`name` is lowercase, see [`header`]).
+    pub fn from_headers(status: u16, mut lookup: impl FnMut(&str) -> Option<&'a str>) -> Self {
+        ResponseHead {
+            status,
+            retry_after: lookup(header::RETRY_AFTER),
+            retry_after_ms: lookup(header::RETRY_AFTER_MS),
+            ratelimit_reset_requests: lookup(header::RATELIMIT_RESET_REQUESTS),
+            ratelimit_reset_tokens: lookup(header::RATELIMIT_RESET_TOKENS),
+            should_retry: lookup(header::SHOULD_RETRY),
+            error_code: None,
+        }
+    }
+
+    /// Sets the error code peeked from the body.
+    pub fn with_error_code(mut self, code: Option<&'a str>) -> Self {
+        self.error_code = code;
+        self
+    }
+
+    /// The server's wait hint, if any header carries a usable one. `wall_now` resolves HTTP-dates.
+    pub fn hint(&self, wall_now: SystemTime) -> Option<Hint> {
+        hints::pick(self, wall_now)
+    }
+}
+
+/// The result of one attempt, as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult<'a> {
+    /// A response head arrived (for errors, with the peeked error code).
+    Response(ResponseHead<'a>),
+    /// No usable response.
+    Failure(FailureKind),
+}
+
+/// The classification of one attempt: its class, `error.type` and the server's hint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Classified {
+    pub(crate) class: Class,
+    pub(crate) error_type: Option<ErrorType>,
+    pub(crate) status: Option<u16>,
+    pub(crate) hint: Option<Hint>,
+}
+
+/// Classifies an attempt result (retry-semantics.md §1).
+pub(crate) fn classify(result: &AttemptResult<'_>, wall_now: SystemTime) -> Classified {
+    match *result {
+        AttemptResult::Failure(kind) => Classified {
+            class: kind.class(),
+            error_type: Some(kind.error_type()),
+            status: None,
+            hint: None,
+        },
+        AttemptResult::Response(head) => {
+            let status = head.status;
+            if (200..300).contains(&status) {
+                return Classified {
+                    class: Class::Success,
+                    error_type: None,
+                    status: Some(status),
+                    hint: None,
+                };
+            }
+            let retryable = match head.should_retry.map(str::trim) {
+                Some(v) if v.eq_ignore_ascii_case("true") => true,
+                Some(v) if v.eq_ignore_ascii_case("false") => false,
+                _ => match status {
+                    408 | 409 | 500 | 502 | 503 | 504 => true,
+                    429 => head.error_code != Some("insufficient_quota"),
+                    _ => false,
+                },
+            };
+            let hint = if retryable { head.hint(wall_now) } else { None };
+            let class = match (retryable, hint) {
+                (false, _) => Class::Fatal,
+                (true, Some(h)) if h.wait > Duration::ZERO => Class::RateLimited,
+                (true, _) => Class::Transient,
+            };
+            Classified {
+                class,
+                error_type: Some(ErrorType::Status(status)),
+                status: Some(status),
+                hint,
+            }
+        }
+    }
+}
+
+/// The machine-readable part of an OpenAI-style error body: `error.code` and `error.type`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorPeek {
+    /// `error.code`, e.g. `insufficient_quota`, `rate_limit_exceeded`.
+    pub code: Option<String>,
+    /// `error.type`, e.g. `requests`, `server_error`.
+    pub kind: Option<String>,
+}
+
+impl ErrorPeek {
+    /// The code to classify on: `error.code`, or `error.type` when the body has no code.
+    pub fn classify_code(&self) -> Option<&str> {
+        self.code.as_deref().or(self.kind.as_deref())
+    }
+}
+
+/// Largest body the peek will parse; error bodies are small and anything larger is not worth the CPU.
+pub const PEEK_LIMIT: usize = 64 * 1024;
+
+/// Reads `error.code` / `error.type` from an error body. Never fails: anything else yields an empty peek.
+/// The upstream's error *message* is never read, so it cannot leak into telemetry. Values are kept only if
+/// they look like identifiers (short, `[A-Za-z0-9_.-]`), which keeps them low-cardinality and content-free.
+pub fn peek_error_body(body: &[u8]) -> ErrorPeek {
+    if body.len() > PEEK_LIMIT {
+        return ErrorPeek::default();
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return ErrorPeek::default();
+    };
+    let error = value.get("error");
+    let field = |name: &str| {
+        error
+            .and_then(|e| e.get(name))
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| is_identifier(s))
+            .map(str::to_owned)
+    };
+    ErrorPeek {
+        code: field("code"),
+        kind: field("type"),
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn class_of(head: ResponseHead<'_>) -> Class {
+        classify(&AttemptResult::Response(head), SystemTime::UNIX_EPOCH).class
+    }
+
+    #[test]
+    fn status_table() {
+        assert_eq!(class_of(ResponseHead::status(200)), Class::Success);
+        assert_eq!(class_of(ResponseHead::status(204)), Class::Success);
+        for s in [408, 409, 500, 502, 503, 504, 429] {
+            assert_eq!(
+                class_of(ResponseHead::status(s)),
+                Class::Transient,
+                "status {s}"
+            );
+        }
+        for s in [
+            400, 401, 403, 404, 413, 422, 418, 451, 501, 505, 507, 301, 100, 0, 999,
+        ] {
+            assert_eq!(
+                class_of(ResponseHead::status(s)),
+                Class::Fatal,
+                "status {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn insufficient_quota_is_fatal_other_429_transient() {
+        let quota = ResponseHead::status(429).with_error_code(Some("insufficient_quota"));
+        assert_eq!(class_of(quota), Class::Fatal);
+        let rate = ResponseHead::status(429).with_error_code(Some("rate_limit_exceeded"));
+        assert_eq!(class_of(rate), Class::Transient);
+    }
+
+    #[test]
+    fn should_retry_overrides_status() {
+        let mut h = ResponseHead::status(400);
+        h.should_retry = Some("true");
+        assert_eq!(class_of(h), Class::Transient);
+        let mut h = ResponseHead::status(503);
+        h.should_retry = Some("FALSE");
+        assert_eq!(class_of(h), Class::Fatal);
+        let mut h = ResponseHead::status(503);
+        h.should_retry = Some("maybe");
+        assert_eq!(class_of(h), Class::Transient, "garbage is ignored");
+        let mut h = ResponseHead::status(200);
+        h.should_retry = Some("true");
+        assert_eq!(class_of(h), Class::Success, "success is never retried");
+    }
+
+    #[test]
+    fn hint_makes_rate_limited_and_zero_does_not() {
+        let mut h = ResponseHead::status(429);
+        h.retry_after = Some("2");
+        assert_eq!(class_of(h), Class::RateLimited);
+        h.retry_after = Some("0");
+        assert_eq!(class_of(h), Class::Transient);
+        let mut h = ResponseHead::status(503);
+        h.retry_after_ms = Some("150");
+        assert_eq!(class_of(h), Class::RateLimited);
+        let mut h = ResponseHead::status(400);
+        h.retry_after = Some("2");
+        assert_eq!(
+            class_of(h),
+            Class::Fatal,
+            "a hint does not make a fatal status retryable"
+        );
+    }
+
+    #[test]
+    fn transport_failures() {
+        let c = |k| classify(&AttemptResult::Failure(k), SystemTime::UNIX_EPOCH);
+        for (k, class, name) in [
+            (FailureKind::Connect, Class::Transient, "connect_error"),
+            (
+                FailureKind::ConnectionReset,
+                Class::Transient,
+                "connection_reset",
+            ),
+            (FailureKind::Timeout, Class::Transient, "timeout"),
+            (FailureKind::Tls, Class::Fatal, "tls_error"),
+            (
+                FailureKind::InvalidResponse,
+                Class::Fatal,
+                "invalid_response",
+            ),
+            (
+                FailureKind::StreamInterrupted,
+                Class::Fatal,
+                "stream_interrupted",
+            ),
+            (FailureKind::Validation, Class::Fatal, "validation_error"),
+            (FailureKind::Other, Class::Fatal, "_OTHER"),
+        ] {
+            let got = c(k);
+            assert_eq!(got.class, class, "{k:?}");
+            assert_eq!(got.error_type.unwrap().as_str(), name);
+            assert_eq!(got.status, None);
+        }
+    }
+
+    #[test]
+    fn error_type_is_status_string() {
+        let got = classify(
+            &AttemptResult::Response(ResponseHead::status(503)),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(got.error_type.unwrap().as_str(), "503");
+        let ok = classify(
+            &AttemptResult::Response(ResponseHead::status(200)),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(ok.error_type, None);
+    }
+
+    #[test]
+    fn peek_reads_code_and_type_only() {
+        let body = br#"{"error":{"message":"secret prompt text","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        let p = peek_error_body(body);
+        assert_eq!(p.code.as_deref(), Some("insufficient_quota"));
+        assert_eq!(p.kind.as_deref(), Some("insufficient_quota"));
+        let p = peek_error_body(br#"{"error":{"message":"x","type":"requests","code":null}}"#);
+        assert_eq!(p.classify_code(), Some("requests"));
+        for garbage in [
+            &b""[..],
+            b"not json",
+            b"[1,2]",
+            b"{\"error\":5}",
+            br#"{"error":{"code":"has spaces in it"}}"#,
+        ] {
+            assert_eq!(peek_error_body(garbage), ErrorPeek::default());
+        }
+        let huge = vec![b' '; PEEK_LIMIT + 1];
+        assert_eq!(peek_error_body(&huge), ErrorPeek::default());
+    }
+
+    #[test]
+    fn from_headers_reads_the_named_headers() {
+        let h = ResponseHead::from_headers(429, |name| match name {
+            header::RETRY_AFTER => Some("3"),
+            header::RATELIMIT_RESET_TOKENS => Some("6m0s"),
+            header::SHOULD_RETRY => Some("true"),
+            _ => None,
+        });
+        assert_eq!(h.retry_after, Some("3"));
+        assert_eq!(h.ratelimit_reset_tokens, Some("6m0s"));
+        assert_eq!(h.should_retry, Some("true"));
+        assert_eq!(h.retry_after_ms, None);
+    }
+}
