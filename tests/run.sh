@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
 # The one test command (README, CONTRIBUTING and .ci/run all call this through `make test`).
-# It installs what the tests need (Debian and pip packages) when missing, then runs, in order:
-# formatting, clippy with warnings as errors, every Rust test in the workspace, and the Python tests.
+# It installs what the tests need when missing — Debian: prometheus (+ promtool), prometheus-alertmanager
+# (amtool); pip: pytest, pyyaml, openai, rotel — then runs, in order: formatting, clippy with warnings as
+# errors, every Rust test in the workspace, and the Python tests that drive real components.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\n=== %s\n' "$*"; }
 
-log "toolchain"
-cargo --version
-rustup component list --installed 2>/dev/null | grep -E '^(rustfmt|clippy)' || true
+log "dependencies"
+need_apt=()
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+PY=python3
+if ! $PY -c 'import pytest, yaml, openai, rotel' 2>/dev/null; then
+  $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore pytest pyyaml openai
+  $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore --pre rotel
+fi
+ROTEL_AGENT="$($PY -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
+export ROTEL_AGENT
+promtool --version 2>&1 | head -1
+echo "rotel-agent: $ROTEL_AGENT"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -19,5 +35,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 log "cargo test --workspace"
 cargo test --workspace
+
+log "python: operations kit (rules, configs, dashboards)"
+$PY -m pytest -q -p no:cacheprovider tests/ops --ignore=tests/ops/test_queries.py
 
 log "all stages passed"

@@ -1,0 +1,219 @@
+//! One logical call in flight: the policy's `Call`, the spans, and the evidence still owed.
+//!
+//! Whatever ends the call — a terminal decision, a stream's last byte, or the caller dropping the future —
+//! the evidence is written exactly once: `Drop` finishes a call that nobody finished as `cancelled`.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
+use retrybudget_policy::{AttemptResult, Call, Decision};
+use retrybudget_telemetry::names::*;
+use retrybudget_telemetry::redact::redact_url;
+use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
+
+use crate::Client;
+
+pub(crate) struct Inflight {
+    client: Client,
+    call: Call,
+    labels: CallLabels,
+    call_cx: Context,
+    attempt: Option<(Context, Instant)>,
+    started: Instant,
+    url_full: Option<String>,
+    backoff_before: Option<(Duration, &'static str)>,
+    client_retry_count: Option<u32>,
+    pub(crate) facts: ResponseFacts,
+    pub(crate) last_status: Option<u16>,
+    done: bool,
+}
+
+impl Inflight {
+    pub(crate) fn start(client: &Client, request: &crate::RawRequest) -> Inflight {
+        let inner = &client.inner;
+        let model = request
+            .model
+            .clone()
+            .unwrap_or_else(|| "_unknown".to_owned());
+        let labels = CallLabels {
+            route: inner.route.clone(),
+            provider: inner.provider.clone(),
+            scope: format!("{}|{}", inner.base, model),
+            model,
+            server_address: inner.server_address.clone(),
+            server_port: inner.server_port,
+            url_template: request.url_template.clone().into(),
+            method: request.method.as_str().to_owned().into(),
+        };
+        let mut attrs = vec![
+            KeyValue::new(GEN_AI_OPERATION_NAME, GEN_AI_OPERATION_CHAT),
+            KeyValue::new(GEN_AI_PROVIDER_NAME, labels.provider.clone()),
+            KeyValue::new(GEN_AI_REQUEST_MODEL, labels.model.clone()),
+            KeyValue::new(SERVER_ADDRESS, labels.server_address.clone()),
+            KeyValue::new(SERVER_PORT, i64::from(labels.server_port)),
+            KeyValue::new(RB_ROUTE, labels.route.clone()),
+            KeyValue::new(
+                RB_MAX_ATTEMPTS,
+                i64::from(inner.policy.config().max_attempts),
+            ),
+        ];
+        if request.stream {
+            attrs.push(KeyValue::new(GEN_AI_REQUEST_STREAM, true));
+        }
+        if let Some(m) = request.max_tokens {
+            attrs.push(KeyValue::new(GEN_AI_REQUEST_MAX_TOKENS, m as i64));
+        }
+        if let Some(t) = request.temperature {
+            attrs.push(KeyValue::new(GEN_AI_REQUEST_TEMPERATURE, t));
+        }
+        let name = format!("{GEN_AI_OPERATION_CHAT} {}", labels.model);
+        let call_cx = inner
+            .telemetry
+            .start_span(&request.parent, name, SpanKind::Client, attrs);
+        let call = inner.policy.start_call(
+            &labels.scope,
+            client.now(),
+            request.deadline,
+            client.next_seed(),
+        );
+        Inflight {
+            client: client.clone(),
+            call,
+            url_full: redact_url(&format!("{}{}", inner.base, request.path)),
+            labels,
+            call_cx,
+            attempt: None,
+            started: Instant::now(),
+            backoff_before: None,
+            client_retry_count: request.client_retry_count,
+            facts: ResponseFacts::default(),
+            last_status: None,
+            done: false,
+        }
+    }
+
+    pub(crate) fn attempt_index(&self) -> u32 {
+        self.call.attempt()
+    }
+
+    pub(crate) fn attempt_timeout(&self) -> Duration {
+        self.call.attempt_timeout(self.client.now())
+    }
+
+    pub(crate) fn commit(&mut self) {
+        self.call.commit();
+    }
+
+    /// Opens the attempt's span and returns its context (for `traceparent`).
+    pub(crate) fn begin_attempt(&mut self) -> Context {
+        let l = &self.labels;
+        let mut attrs = vec![
+            KeyValue::new(HTTP_REQUEST_METHOD, l.method.clone()),
+            KeyValue::new(SERVER_ADDRESS, l.server_address.clone()),
+            KeyValue::new(SERVER_PORT, i64::from(l.server_port)),
+            KeyValue::new(URL_TEMPLATE, l.url_template.clone()),
+        ];
+        if let Some(u) = &self.url_full {
+            attrs.push(KeyValue::new(URL_FULL, u.clone()));
+        }
+        let name = format!("{} {}", l.method, l.url_template);
+        let cx =
+            self.client
+                .inner
+                .telemetry
+                .start_span(&self.call_cx, name, SpanKind::Client, attrs);
+        self.attempt = Some((cx.clone(), Instant::now()));
+        cx
+    }
+
+    /// Ends the current attempt with `result`: decision, evidence, and — if terminal — the call's evidence.
+    pub(crate) fn end_attempt(
+        &mut self,
+        result: &AttemptResult<'_>,
+        status: Option<u16>,
+        protocol_version: Option<&'static str>,
+    ) -> Decision {
+        self.call.set_wall_clock(SystemTime::now());
+        let decision = self.call.on_result(self.client.now(), result);
+        if status.is_some() {
+            self.last_status = status;
+        }
+        self.emit_attempt(&decision, status, protocol_version);
+        if decision.is_terminal() {
+            self.emit_call(&decision);
+        } else if let (Some(delay), Some(source)) = (decision.delay, decision.delay_source) {
+            self.backoff_before = Some((delay, source.as_str()));
+        }
+        decision
+    }
+
+    fn emit_attempt(
+        &mut self,
+        d: &Decision,
+        status: Option<u16>,
+        protocol_version: Option<&'static str>,
+    ) {
+        let Some((cx, started)) = self.attempt.take() else {
+            return;
+        };
+        let terminal = d.outcome.map(|o| (o.as_str(), o.client_result()));
+        AttemptEvent {
+            labels: &self.labels,
+            attempt: d.attempt,
+            status,
+            error_type: d.error_type.map(|e| e.as_str()),
+            decision: d.kind.as_str(),
+            allowance_remaining: d.allowance_remaining,
+            budget_balance: d.budget_balance,
+            backoff_before: if d.attempt > 0 {
+                self.backoff_before
+            } else {
+                None
+            },
+            retry_after: d.hint.map(|h| h.wait),
+            duration: started.elapsed(),
+            elapsed: d.elapsed,
+            terminal,
+            protocol_version,
+        }
+        .emit(&self.client.inner.telemetry, &cx);
+    }
+
+    fn emit_call(&mut self, d: &Decision) {
+        self.done = true;
+        let Some(outcome) = d.outcome else { return };
+        let (_, backoff_total) = self.call.backoff();
+        let has_facts = self.facts.id.is_some() || self.facts.input_tokens.is_some();
+        CallEvent {
+            labels: &self.labels,
+            outcome: outcome.as_str(),
+            failed: outcome.is_failure(),
+            stop_reason: d.kind.stop_reason(),
+            attempts: d.attempt + 1,
+            max_attempts: self.client.inner.policy.config().max_attempts,
+            budget_balance: d.budget_balance,
+            backoff_total,
+            duration: self.started.elapsed(),
+            error_type: if outcome.is_failure() {
+                d.error_type.map(|e| e.as_str())
+            } else {
+                None
+            },
+            client_retry_count: self.client_retry_count,
+            response: has_facts.then_some(&self.facts),
+        }
+        .emit(&self.client.inner.telemetry, &self.call_cx);
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let decision = self.call.cancel(self.client.now());
+        self.emit_attempt(&decision, None, None);
+        self.emit_call(&decision);
+    }
+}

@@ -1,0 +1,534 @@
+//! An OpenAI-compatible chat-completions client that retries by the policy and leaves evidence of every attempt.
+//!
+//! Each logical call is driven through [`retrybudget_policy`]: one CLIENT span for the call (covering the
+//! backoff sleeps), one child span per attempt carrying `traceparent` to the upstream, and for every attempt one
+//! [`AttemptEvent`](retrybudget_telemetry::AttemptEvent) — span attributes, log record, metrics and evidence line
+//! in one `emit`. A call that is dropped mid-flight (its caller went away) still ends its evidence, as
+//! `cancelled`. Streaming calls are retried only until their first byte is handed to the caller.
+//!
+//! The client never records content: bodies pass through as bytes, the API key is a `SecretString` sent as a
+//! sensitive header, and only status codes, error codes, ids and token counts reach telemetry.
+
+mod error;
+mod inflight;
+mod stream;
+mod types;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use retrybudget_policy::{
+    AttemptResult, FailureKind, Outcome, Policy, PolicyConfig, ResponseHead, peek_error_body,
+};
+use retrybudget_telemetry::{ResponseFacts, Telemetry};
+use secrecy::{ExposeSecret as _, SecretString};
+
+pub use error::{CallError, ChatError, ClientError};
+pub use stream::{ChatStream, StreamError};
+pub use types::{ChatRequest, ChatResponse, Choice, Message, Usage};
+
+use inflight::Inflight;
+
+/// The route template of chat completions.
+pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+/// Header carrying our attempt index to the upstream (another agent reads it as a nested retry).
+pub const ATTEMPT_HEADER: &str = "x-retrybudget-attempt";
+
+/// How to reach the upstream and how to retry.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URL, e.g. `https://api.openai.com` (a trailing `/v1` is accepted and ignored).
+    pub base_url: String,
+    /// `gen_ai.provider.name`, e.g. `openai`, `cometapi`.
+    pub provider_name: String,
+    /// `retrybudget.route`, e.g. `cometapi_chat_completions`.
+    pub route_name: String,
+    /// Retry policy.
+    pub policy: PolicyConfig,
+    /// Key sent as `Authorization: Bearer …` when the request carries none.
+    pub api_key: Option<SecretString>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `base_url`: provider `openai`, route `chat_completions`, the default policy, no key.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        ClientConfig {
+            base_url: base_url.into(),
+            provider_name: "openai".to_owned(),
+            route_name: "chat_completions".to_owned(),
+            policy: PolicyConfig::default(),
+            api_key: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A request as the proxy (or [`Client::chat`]) hands it over: bytes in, bytes out.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    /// HTTP method.
+    pub method: Method,
+    /// Path and query under the base URL, e.g. `/v1/chat/completions`.
+    pub path: String,
+    /// Low-cardinality route template for telemetry.
+    pub url_template: String,
+    /// Headers to forward (hop-by-hop ones already removed).
+    pub headers: HeaderMap,
+    /// Body, forwarded unchanged.
+    pub body: Bytes,
+    /// `gen_ai.request.model`.
+    pub model: Option<String>,
+    /// Whether the caller asked for SSE.
+    pub stream: bool,
+    /// `gen_ai.request.max_tokens`.
+    pub max_tokens: Option<u64>,
+    /// `gen_ai.request.temperature`.
+    pub temperature: Option<f64>,
+    /// Parent context (the caller's trace).
+    pub parent: opentelemetry::Context,
+    /// The caller's own retry count (`x-stainless-retry-count`), if sent.
+    pub client_retry_count: Option<u32>,
+    /// The caller's deadline, if shorter than the configured one.
+    pub deadline: Option<Duration>,
+}
+
+impl RawRequest {
+    /// A `POST /v1/chat/completions` with `body`.
+    pub fn chat(body: Bytes) -> Self {
+        RawRequest {
+            method: Method::POST,
+            path: CHAT_COMPLETIONS.to_owned(),
+            url_template: CHAT_COMPLETIONS.to_owned(),
+            headers: HeaderMap::new(),
+            body,
+            model: None,
+            stream: false,
+            max_tokens: None,
+            temperature: None,
+            parent: opentelemetry::Context::new(),
+            client_retry_count: None,
+            deadline: None,
+        }
+    }
+}
+
+/// The final response of a logical call.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Status of the final upstream response.
+    pub status: StatusCode,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: ExchangeBody,
+    /// Attempts made (for a stream: up to its head).
+    pub attempts: u32,
+    /// Terminal outcome (for a stream: as of its head; an interruption later ends it `stream_interrupted`).
+    pub outcome: Outcome,
+}
+
+/// A buffered body or a live stream.
+#[derive(Debug)]
+pub enum ExchangeBody {
+    /// The whole body.
+    Full(Bytes),
+    /// SSE bytes, passed on as they arrive.
+    Stream(Box<ChatStream>),
+}
+
+/// The client. Cheap to clone; clones share connections, budgets and telemetry.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    policy: Policy,
+    telemetry: Telemetry,
+    base: String,
+    server_address: String,
+    server_port: u16,
+    provider: String,
+    route: String,
+    api_key: Option<SecretString>,
+    origin: Instant,
+    seeds: AtomicU64,
+}
+
+impl Client {
+    /// Builds a client; registers the budget gauge with `telemetry`.
+    pub fn new(config: ClientConfig, telemetry: Telemetry) -> Result<Client, ClientError> {
+        let bad = |reason: &str| ClientError::BaseUrl {
+            url: config.base_url.clone(),
+            reason: reason.to_owned(),
+        };
+        let url = url::Url::parse(&config.base_url).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("the scheme must be http or https"));
+        }
+        let server_address = url
+            .host_str()
+            .ok_or_else(|| bad("it has no host"))?
+            .to_owned();
+        let server_port = url.port_or_known_default().unwrap_or(80);
+        let mut base = config.base_url.trim_end_matches('/').to_owned();
+        if base.ends_with("/v1") {
+            base.truncate(base.len() - 3);
+        }
+        let policy = Policy::new(config.policy)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let budgets = policy.clone();
+        let origin = Instant::now();
+        telemetry.observe_budgets(move || {
+            let now = origin.elapsed();
+            budgets
+                .budgets()
+                .all()
+                .iter()
+                .map(|b| (b.scope().to_owned(), b.balance(now)))
+                .collect()
+        });
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                policy,
+                telemetry,
+                base,
+                server_address,
+                server_port,
+                provider: config.provider_name,
+                route: config.route_name,
+                api_key: config.api_key,
+                origin,
+                seeds: AtomicU64::new(seed),
+            }),
+        })
+    }
+
+    /// The policy (and its budgets).
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The telemetry pipeline.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.inner.telemetry
+    }
+
+    /// A non-streaming chat call.
+    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ChatError> {
+        let mut request = request.clone();
+        request.stream = false;
+        let exchange = self.send(self.raw(&request)?).await?;
+        let ExchangeBody::Full(body) = exchange.body else {
+            return Err(ChatError::Decode(
+                "expected a JSON body, got a stream".into(),
+            ));
+        };
+        if !exchange.status.is_success() {
+            return Err(ChatError::Status {
+                status: exchange.status.as_u16(),
+                code: peek_error_body(&body).classify_code().map(str::to_owned),
+                attempts: exchange.attempts,
+                outcome: exchange.outcome,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ChatError::Decode(e.to_string()))
+    }
+
+    /// A streaming chat call: returns once the first bytes arrived (retrying until then).
+    pub async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, ChatError> {
+        let mut request = request.clone();
+        request.stream = true;
+        let exchange = self.send(self.raw(&request)?).await?;
+        match exchange.body {
+            ExchangeBody::Stream(s) => Ok(*s),
+            ExchangeBody::Full(body) => Err(ChatError::Status {
+                status: exchange.status.as_u16(),
+                code: peek_error_body(&body).classify_code().map(str::to_owned),
+                attempts: exchange.attempts,
+                outcome: exchange.outcome,
+            }),
+        }
+    }
+
+    fn raw(&self, request: &ChatRequest) -> Result<RawRequest, ChatError> {
+        let body = serde_json::to_vec(request).map_err(|e| ChatError::Decode(e.to_string()))?;
+        let mut raw = RawRequest::chat(Bytes::from(body));
+        raw.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        raw.model = Some(request.model.clone());
+        raw.stream = request.stream;
+        raw.max_tokens = request.max_tokens;
+        raw.temperature = request.temperature;
+        Ok(raw)
+    }
+
+    /// Records a request that failed local validation and never left (proxy mode): one attempt with
+    /// `error.type = validation_error`, outcome `failed_without_retry`.
+    pub fn record_rejected(&self, request: &RawRequest) -> Outcome {
+        let mut run = Inflight::start(self, request);
+        run.begin_attempt();
+        let d = run.end_attempt(&AttemptResult::Failure(FailureKind::Validation), None, None);
+        d.outcome.unwrap_or(Outcome::FailedWithoutRetry)
+    }
+
+    /// Makes a logical call: attempts, decisions, backoff and evidence. Returns the final upstream response if
+    /// one arrived (whatever its status), else the [`CallError`].
+    pub async fn send(&self, request: RawRequest) -> Result<Exchange, CallError> {
+        let mut run = Inflight::start(self, &request);
+        loop {
+            let attempt_cx = run.begin_attempt();
+            let timeout = run.attempt_timeout();
+            let attempt = self.attempt_once(&request, &attempt_cx, run.attempt_index());
+            let output = tokio::time::timeout(timeout, attempt)
+                .await
+                .unwrap_or(Output::Failed(FailureKind::Timeout));
+            let decision = match output {
+                Output::Stream {
+                    status,
+                    headers,
+                    first,
+                    rest,
+                    version,
+                } => {
+                    let attempts = run.attempt_index() + 1;
+                    let outcome = if attempts > 1 {
+                        Outcome::SuccessAfterRetry
+                    } else {
+                        Outcome::Success
+                    };
+                    let stream = ChatStream::new(run, first, rest, version);
+                    return Ok(Exchange {
+                        status,
+                        headers,
+                        body: ExchangeBody::Stream(Box::new(stream)),
+                        attempts,
+                        outcome,
+                    });
+                }
+                Output::Full {
+                    status,
+                    headers,
+                    body,
+                    version,
+                } => {
+                    let code = peek_error_body(if status.is_success() { &[] } else { &body });
+                    let head = ResponseHead::from_headers(status.as_u16(), |name| {
+                        headers.get(name).and_then(|v| v.to_str().ok())
+                    })
+                    .with_error_code(code.classify_code());
+                    let mut result = AttemptResult::Response(head);
+                    if status.is_success() && request.path == CHAT_COMPLETIONS {
+                        match serde_json::from_slice::<serde_json::Value>(&body) {
+                            Ok(v) => run.facts = facts_of(&v),
+                            Err(_) => result = AttemptResult::Failure(FailureKind::InvalidResponse),
+                        }
+                    }
+                    let d = run.end_attempt(&result, Some(status.as_u16()), version);
+                    if let Some(outcome) = d.outcome {
+                        let attempts = d.attempt + 1;
+                        return Ok(Exchange {
+                            status,
+                            headers,
+                            body: ExchangeBody::Full(body),
+                            attempts,
+                            outcome,
+                        });
+                    }
+                    d
+                }
+                Output::Failed(kind) => {
+                    let d = run.end_attempt(&AttemptResult::Failure(kind), None, None);
+                    if let Some(outcome) = d.outcome {
+                        return Err(CallError {
+                            outcome,
+                            attempts: d.attempt + 1,
+                            last_status: run.last_status,
+                            error_type: d.error_type.map(|e| e.to_string()),
+                        });
+                    }
+                    d
+                }
+            };
+            tokio::time::sleep(decision.delay.unwrap_or_default()).await;
+        }
+    }
+
+    async fn attempt_once(
+        &self,
+        request: &RawRequest,
+        cx: &opentelemetry::Context,
+        attempt: u32,
+    ) -> Output {
+        let inner = &self.inner;
+        let mut headers = request.headers.clone();
+        headers.remove(header::HOST);
+        headers.remove(header::CONTENT_LENGTH);
+        if let Some(tp) =
+            retrybudget_telemetry::traceparent(cx).and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            headers.insert("traceparent", tp);
+        }
+        headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+        if !headers.contains_key(header::AUTHORIZATION)
+            && let Some(key) = &inner.api_key
+            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+        {
+            v.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, v);
+        }
+        let url = format!("{}{}", inner.base, request.path);
+        let sent = inner
+            .http
+            .request(request.method.clone(), url)
+            .headers(headers)
+            .body(request.body.clone())
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return Output::Failed(failure_kind(&e)),
+        };
+        let status = response.status();
+        let version = protocol_version(response.version());
+        let headers = response.headers().clone();
+        if request.stream && status.is_success() {
+            let mut rest = response.bytes_stream().boxed();
+            return match rest.next().await {
+                Some(Ok(first)) => Output::Stream {
+                    status,
+                    headers,
+                    first,
+                    rest,
+                    version,
+                },
+                // Nothing reached the caller yet: safe to retry.
+                Some(Err(_)) | None => Output::Failed(FailureKind::ConnectionReset),
+            };
+        }
+        match response.bytes().await {
+            Ok(body) => Output::Full {
+                status,
+                headers,
+                body,
+                version,
+            },
+            Err(e) if e.is_timeout() => Output::Failed(FailureKind::Timeout),
+            Err(_) => Output::Failed(FailureKind::ConnectionReset),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.origin.elapsed()
+    }
+
+    fn next_seed(&self) -> u64 {
+        self.inner
+            .seeds
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+    }
+}
+
+pub(crate) type ByteStream = futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>;
+
+enum Output {
+    Full {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        version: Option<&'static str>,
+    },
+    Stream {
+        status: StatusCode,
+        headers: HeaderMap,
+        first: Bytes,
+        rest: ByteStream,
+        version: Option<&'static str>,
+    },
+    Failed(FailureKind),
+}
+
+fn failure_kind(e: &reqwest::Error) -> FailureKind {
+    if e.is_timeout() {
+        return FailureKind::Timeout;
+    }
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        let text = s.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+            return FailureKind::Tls;
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        FailureKind::Connect
+    } else if e.is_request() || e.is_body() {
+        FailureKind::ConnectionReset
+    } else {
+        FailureKind::Other
+    }
+}
+
+fn protocol_version(v: http::Version) -> Option<&'static str> {
+    match v {
+        http::Version::HTTP_10 => Some("1.0"),
+        http::Version::HTTP_11 => Some("1.1"),
+        http::Version::HTTP_2 => Some("2"),
+        http::Version::HTTP_3 => Some("3"),
+        _ => None,
+    }
+}
+
+/// Identifiers and counts from a chat completion (or one stream chunk), never its content.
+pub(crate) fn facts_of(v: &serde_json::Value) -> ResponseFacts {
+    let mut facts = ResponseFacts::default();
+    merge_facts(&mut facts, v);
+    facts
+}
+
+pub(crate) fn merge_facts(facts: &mut ResponseFacts, v: &serde_json::Value) {
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    if facts.id.is_none() {
+        facts.id = s("id");
+    }
+    if facts.model.is_none() {
+        facts.model = s("model");
+    }
+    if let Some(choices) = v.get("choices").and_then(serde_json::Value::as_array) {
+        for c in choices {
+            if let Some(r) = c.get("finish_reason").and_then(serde_json::Value::as_str) {
+                facts.finish_reasons.push(r.to_owned());
+            }
+        }
+    }
+    if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+        facts.input_tokens = u.get("prompt_tokens").and_then(serde_json::Value::as_u64);
+        facts.output_tokens = u
+            .get("completion_tokens")
+            .and_then(serde_json::Value::as_u64);
+    }
+}

@@ -1,0 +1,147 @@
+//! A streaming call after its head: SSE bytes handed on as they arrive, never buffered whole.
+//!
+//! The call commits when its first chunk is handed to the caller; from then on a failure — an error from the
+//! upstream, or a body that ends without `data: [DONE]` — ends the call as `stream_interrupted` and is never
+//! retried. Lines are scanned (not stored) for `[DONE]`, ids, finish reasons and usage.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use retrybudget_policy::{AttemptResult, FailureKind, Outcome, ResponseHead};
+
+use crate::ByteStream;
+use crate::inflight::Inflight;
+
+/// Why a stream ended early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The upstream failed after output had reached the caller; not retried.
+    #[error(
+        "the upstream stream was interrupted after output reached the caller (stream_interrupted); re-issue the request if partial output is unusable"
+    )]
+    Interrupted,
+}
+
+/// Longest SSE line kept for scanning; longer lines are skipped (they can't be a terminator or a usage chunk
+/// we would trust anyway).
+const MAX_LINE: usize = 1 << 20;
+
+/// SSE bytes of a committed streaming call.
+pub struct ChatStream {
+    run: Option<Inflight>,
+    first: Option<Bytes>,
+    rest: ByteStream,
+    version: Option<&'static str>,
+    line: Vec<u8>,
+    saw_done: bool,
+    outcome: Option<Outcome>,
+}
+
+impl std::fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatStream")
+            .field("saw_done", &self.saw_done)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
+impl ChatStream {
+    pub(crate) fn new(
+        run: Inflight,
+        first: Bytes,
+        rest: ByteStream,
+        version: Option<&'static str>,
+    ) -> Self {
+        ChatStream {
+            run: Some(run),
+            first: Some(first),
+            rest,
+            version,
+            line: Vec::new(),
+            saw_done: false,
+            outcome: None,
+        }
+    }
+
+    /// The terminal outcome, once the stream has ended.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+    }
+
+    fn scan(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            if b == b'\n' {
+                self.line_done();
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(b);
+            }
+        }
+    }
+
+    fn line_done(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let data = data.trim_ascii();
+        if data == b"[DONE]" {
+            self.saw_done = true;
+        } else if let (Some(run), Ok(v)) = (
+            self.run.as_mut(),
+            serde_json::from_slice::<serde_json::Value>(data),
+        ) {
+            crate::merge_facts(&mut run.facts, &v);
+        }
+    }
+
+    fn finish(&mut self, result: &AttemptResult<'_>) {
+        if let Some(mut run) = self.run.take() {
+            let d = run.end_attempt(result, Some(200), self.version);
+            self.outcome = d.outcome;
+        }
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<Bytes, StreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.run.is_none() {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            if let Some(run) = this.run.as_mut() {
+                run.commit();
+            }
+            this.scan(&first);
+            return Poll::Ready(Some(Ok(first)));
+        }
+        match this.rest.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.scan(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.finish(&AttemptResult::Failure(FailureKind::StreamInterrupted));
+                Poll::Ready(Some(Err(StreamError::Interrupted)))
+            }
+            Poll::Ready(None) => {
+                if !this.line.is_empty() {
+                    this.line_done();
+                }
+                if this.saw_done {
+                    this.finish(&AttemptResult::Response(ResponseHead::status(200)));
+                    Poll::Ready(None)
+                } else {
+                    this.finish(&AttemptResult::Failure(FailureKind::StreamInterrupted));
+                    Poll::Ready(Some(Err(StreamError::Interrupted)))
+                }
+            }
+        }
+    }
+}

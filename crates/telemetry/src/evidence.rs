@@ -1,0 +1,567 @@
+//! Evidence events: what one attempt and one logical call leave behind.
+//!
+//! Each event is a type whose one `emit` writes the span attributes, the log record, the metric points and the
+//! JSONL evidence line together (vector's `internal_events` pattern), so the evidence can never drift from the
+//! metrics: the reconciliation tests count each of them per scenario and expect the same number.
+//! Events hold only low-cardinality, content-free values: no key, prompt, completion or upstream message can be
+//! put into one.
+
+use std::borrow::Cow;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
+use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+
+use crate::TelemetryError;
+use crate::export::{Dropped, EVIDENCE};
+use crate::names::*;
+use crate::pipeline::Telemetry;
+
+/// The labels every event of one logical call shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallLabels {
+    /// `retrybudget.route`, e.g. `cometapi_chat_completions`.
+    pub route: String,
+    /// `gen_ai.provider.name`.
+    pub provider: String,
+    /// `gen_ai.request.model`.
+    pub model: String,
+    /// Budget scope.
+    pub scope: String,
+    /// `server.address` of the upstream.
+    pub server_address: String,
+    /// `server.port` of the upstream.
+    pub server_port: u16,
+    /// `url.template`, e.g. `/v1/chat/completions`.
+    pub url_template: Cow<'static, str>,
+    /// `http.request.method`.
+    pub method: Cow<'static, str>,
+}
+
+/// One finished attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptEvent<'a> {
+    /// The call's labels.
+    pub labels: &'a CallLabels,
+    /// 0-based attempt index.
+    pub attempt: u32,
+    /// HTTP status, if a response arrived.
+    pub status: Option<u16>,
+    /// `error.type`, absent on success.
+    pub error_type: Option<Cow<'static, str>>,
+    /// The decision's stable name.
+    pub decision: &'static str,
+    /// Retries the call may still make under its allowance.
+    pub allowance_remaining: u32,
+    /// The scope's shared budget balance after the decision.
+    pub budget_balance: f64,
+    /// Delay slept before this attempt, and where it came from.
+    pub backoff_before: Option<(Duration, &'static str)>,
+    /// The server's wait hint on this attempt's response.
+    pub retry_after: Option<Duration>,
+    /// How long the attempt took.
+    pub duration: Duration,
+    /// Time since the call started.
+    pub elapsed: Duration,
+    /// Terminal outcome and client result, on the call's last attempt.
+    pub terminal: Option<(&'static str, &'static str)>,
+    /// `network.protocol.version`, when known.
+    pub protocol_version: Option<&'static str>,
+}
+
+impl AttemptEvent<'_> {
+    /// Writes the attempt's evidence and ends its span (the span held by `cx`).
+    pub fn emit(&self, telemetry: &Telemetry, cx: &Context) {
+        let inner = &telemetry.inner;
+        let l = self.labels;
+        let span = cx.span();
+        let ctx = span.span_context().clone();
+
+        // --- span attributes
+        let mut attrs = vec![
+            KeyValue::new(RB_ATTEMPT, i64::from(self.attempt)),
+            KeyValue::new(RB_DECISION, self.decision),
+            KeyValue::new(
+                RB_BACKOFF_MS,
+                self.backoff_before.map_or(0, |(d, _)| d.as_millis() as i64),
+            ),
+        ];
+        if self.attempt > 0 {
+            attrs.push(KeyValue::new(
+                HTTP_REQUEST_RESEND_COUNT,
+                i64::from(self.attempt),
+            ));
+        }
+        if let Some(s) = self.status {
+            attrs.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(s)));
+        }
+        if let Some(e) = &self.error_type {
+            attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
+        }
+        if let Some((_, source)) = self.backoff_before {
+            attrs.push(KeyValue::new(RB_DELAY_SOURCE, source));
+        }
+        if let Some(h) = self.retry_after {
+            attrs.push(KeyValue::new(RB_RETRY_AFTER_MS, h.as_millis() as i64));
+        }
+        if let Some(v) = self.protocol_version {
+            attrs.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, v));
+        }
+        span.set_attributes(attrs);
+        if self.error_type.is_some() {
+            span.set_status(Status::error(self.error_type.clone().unwrap_or_default()));
+        }
+
+        // --- metrics
+        let i = &inner.instruments;
+        let mut attempt_attrs = vec![
+            KeyValue::new(RB_ROUTE, l.route.clone()),
+            KeyValue::new(GEN_AI_PROVIDER_NAME, l.provider.clone()),
+            KeyValue::new(GEN_AI_REQUEST_MODEL, l.model.clone()),
+            KeyValue::new(RB_DECISION, self.decision),
+        ];
+        let mut http_attrs = vec![
+            KeyValue::new(HTTP_REQUEST_METHOD, l.method.clone()),
+            KeyValue::new(SERVER_ADDRESS, l.server_address.clone()),
+            KeyValue::new(SERVER_PORT, i64::from(l.server_port)),
+            KeyValue::new(URL_TEMPLATE, l.url_template.clone()),
+        ];
+        if let Some(e) = &self.error_type {
+            attempt_attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
+            http_attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
+        }
+        if let Some(s) = self.status {
+            http_attrs.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(s)));
+        }
+        i.attempts.add(1, &attempt_attrs);
+        i.http_duration
+            .record(self.duration.as_secs_f64(), &http_attrs);
+        if let Some((d, source)) = self.backoff_before {
+            i.backoff.record(
+                d.as_secs_f64(),
+                &[
+                    KeyValue::new(RB_ROUTE, l.route.clone()),
+                    KeyValue::new(RB_DELAY_SOURCE, source),
+                ],
+            );
+        }
+        if self.decision == "stop_budget_exhausted" {
+            i.budget_denied
+                .add(1, &[KeyValue::new(RB_SCOPE, l.scope.clone())]);
+        }
+
+        // --- the evidence record: OTel log record and JSONL line
+        let elapsed_bucket = elapsed_bucket(self.elapsed);
+        let note = operator_note(self.decision);
+        let failed = matches!(self.terminal, Some((_, "failure")));
+        if let Some(logger) = &inner.logger {
+            let mut rec = logger.create_log_record();
+            rec.set_event_name(EVENT_ATTEMPT);
+            rec.set_timestamp(SystemTime::now());
+            rec.set_severity_number(if failed {
+                Severity::Warn
+            } else {
+                Severity::Info
+            });
+            rec.set_severity_text(if failed { "WARN" } else { "INFO" });
+            rec.set_body(AnyValue::from(note));
+            rec.set_trace_context(ctx.trace_id(), ctx.span_id(), Some(ctx.trace_flags()));
+            rec.add_attribute(RB_ROUTE, l.route.clone());
+            rec.add_attribute(HTTP_REQUEST_METHOD, l.method.to_string());
+            rec.add_attribute(URL_TEMPLATE, l.url_template.to_string());
+            if let Some(s) = self.status {
+                rec.add_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(s));
+            }
+            if let Some(e) = &self.error_type {
+                rec.add_attribute(ERROR_TYPE, e.to_string());
+            }
+            rec.add_attribute(RB_ATTEMPT, i64::from(self.attempt));
+            rec.add_attribute(RB_ALLOWANCE_REMAINING, i64::from(self.allowance_remaining));
+            rec.add_attribute(RB_BUDGET_REMAINING, self.budget_balance);
+            rec.add_attribute(
+                RB_BACKOFF_MS,
+                self.backoff_before.map_or(0, |(d, _)| d.as_millis() as i64),
+            );
+            rec.add_attribute(RB_ELAPSED_BUCKET, elapsed_bucket);
+            rec.add_attribute(RB_DECISION, self.decision);
+            if let Some((outcome, client_result)) = self.terminal {
+                rec.add_attribute(RB_CLIENT_RESULT, client_result);
+                rec.add_attribute(RB_OUTCOME, outcome);
+            }
+            logger.emit(rec);
+        }
+        if let Some(writer) = &inner.evidence {
+            let mut line = serde_json::json!({
+                "timestamp": rfc3339(SystemTime::now()),
+                "environment": inner.environment,
+                "provider_route": l.route,
+                "model": l.model,
+                "http_method": l.method,
+                "http_route": l.url_template,
+                "retry_attempt": self.attempt,
+                "retry_budget_remaining": self.allowance_remaining,
+                "shared_budget_balance": (self.budget_balance * 1000.0).round() / 1000.0,
+                "backoff_applied_ms": self.backoff_before.map_or(0, |(d, _)| d.as_millis() as u64),
+                "elapsed_bucket": elapsed_bucket,
+                "decision": self.decision,
+                "operator_note": note,
+                "trace_id": ctx.trace_id().to_string(),
+                "span_id": ctx.span_id().to_string(),
+            });
+            if let Some(map) = line.as_object_mut() {
+                if let Some(s) = self.status {
+                    map.insert("http_status_code".into(), s.into());
+                }
+                if let Some(e) = &self.error_type {
+                    map.insert("error_type".into(), e.to_string().into());
+                }
+                if let Some((_, source)) = self.backoff_before {
+                    map.insert("delay_source".into(), source.into());
+                }
+                if let Some((outcome, client_result)) = self.terminal {
+                    map.insert("client_result".into(), client_result.into());
+                    map.insert("terminal_outcome".into(), outcome.into());
+                }
+            }
+            writer.write(line.to_string());
+        }
+        span.end();
+    }
+}
+
+/// One finished logical call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallEvent<'a> {
+    /// The call's labels.
+    pub labels: &'a CallLabels,
+    /// Terminal outcome's stable name.
+    pub outcome: &'static str,
+    /// Whether the outcome is a failure (sets span status Error).
+    pub failed: bool,
+    /// Why retrying stopped (`None` on success).
+    pub stop_reason: Option<&'static str>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The allowance.
+    pub max_attempts: u32,
+    /// Budget balance at the end.
+    pub budget_balance: f64,
+    /// Total backoff slept.
+    pub backoff_total: Duration,
+    /// Call duration.
+    pub duration: Duration,
+    /// `error.type` of the final attempt, on failure.
+    pub error_type: Option<Cow<'static, str>>,
+    /// The caller's own retry count (proxy mode), when it sent one.
+    pub client_retry_count: Option<u32>,
+    /// Response facts (ids, model, finish reasons, usage), when a response arrived.
+    pub response: Option<&'a ResponseFacts>,
+}
+
+/// What the evidence may say about a response: identifiers and counts, never content.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResponseFacts {
+    /// `gen_ai.response.id`
+    pub id: Option<String>,
+    /// `gen_ai.response.model`
+    pub model: Option<String>,
+    /// `gen_ai.response.finish_reasons`
+    pub finish_reasons: Vec<String>,
+    /// Prompt tokens.
+    pub input_tokens: Option<u64>,
+    /// Completion tokens.
+    pub output_tokens: Option<u64>,
+}
+
+impl CallEvent<'_> {
+    /// Writes the call's evidence and ends the logical span (the span held by `cx`).
+    pub fn emit(&self, telemetry: &Telemetry, cx: &Context) {
+        let i = &telemetry.inner.instruments;
+        let l = self.labels;
+        let span = cx.span();
+        let mut attrs = vec![
+            KeyValue::new(RB_ATTEMPTS, i64::from(self.attempts)),
+            KeyValue::new(RB_MAX_ATTEMPTS, i64::from(self.max_attempts)),
+            KeyValue::new(RB_OUTCOME, self.outcome),
+            KeyValue::new(RB_BUDGET_REMAINING, self.budget_balance),
+            KeyValue::new(RB_BACKOFF_TOTAL_MS, self.backoff_total.as_millis() as i64),
+        ];
+        if let Some(r) = self.stop_reason {
+            attrs.push(KeyValue::new(RB_STOP_REASON, r));
+        }
+        if let Some(n) = self.client_retry_count {
+            attrs.push(KeyValue::new(RB_CLIENT_RETRY_COUNT, i64::from(n)));
+        }
+        if let Some(e) = &self.error_type {
+            attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
+        }
+        let base = [
+            KeyValue::new(GEN_AI_OPERATION_NAME, GEN_AI_OPERATION_CHAT),
+            KeyValue::new(GEN_AI_PROVIDER_NAME, l.provider.clone()),
+            KeyValue::new(GEN_AI_REQUEST_MODEL, l.model.clone()),
+        ];
+        if let Some(r) = self.response {
+            if let Some(id) = &r.id {
+                attrs.push(KeyValue::new(GEN_AI_RESPONSE_ID, id.clone()));
+            }
+            if let Some(m) = &r.model {
+                attrs.push(KeyValue::new(GEN_AI_RESPONSE_MODEL, m.clone()));
+            }
+            if !r.finish_reasons.is_empty() {
+                let reasons: Vec<opentelemetry::StringValue> =
+                    r.finish_reasons.iter().map(|s| s.clone().into()).collect();
+                attrs.push(KeyValue::new(
+                    GEN_AI_RESPONSE_FINISH_REASONS,
+                    opentelemetry::Value::Array(reasons.into()),
+                ));
+            }
+            for (tokens, kind, attr) in [
+                (r.input_tokens, "input", GEN_AI_USAGE_INPUT_TOKENS),
+                (r.output_tokens, "output", GEN_AI_USAGE_OUTPUT_TOKENS),
+            ] {
+                if let Some(n) = tokens {
+                    attrs.push(KeyValue::new(attr, n as i64));
+                    let mut a = base.to_vec();
+                    a.push(KeyValue::new(GEN_AI_TOKEN_TYPE, kind));
+                    i.token_usage.record(n, &a);
+                }
+            }
+        }
+        span.set_attributes(attrs);
+        if self.failed {
+            span.set_status(Status::error(self.outcome));
+        }
+        let route = KeyValue::new(RB_ROUTE, l.route.clone());
+        i.calls.add(
+            1,
+            &[
+                route.clone(),
+                KeyValue::new(GEN_AI_PROVIDER_NAME, l.provider.clone()),
+                KeyValue::new(GEN_AI_REQUEST_MODEL, l.model.clone()),
+                KeyValue::new(RB_OUTCOME, self.outcome),
+            ],
+        );
+        i.call_attempts.record(
+            u64::from(self.attempts),
+            &[route.clone(), KeyValue::new(RB_OUTCOME, self.outcome)],
+        );
+        let mut op_attrs = base.to_vec();
+        if self.failed {
+            op_attrs.push(KeyValue::new(
+                ERROR_TYPE,
+                self.error_type
+                    .clone()
+                    .unwrap_or(Cow::Borrowed(self.outcome)),
+            ));
+        }
+        i.operation_duration
+            .record(self.duration.as_secs_f64(), &op_attrs);
+        // Adding 0 still creates the route's series, so dashboards and alerts see a 0, not "no data".
+        i.nested_retries.add(
+            u64::from(self.client_retry_count.is_some_and(|n| n > 0)),
+            &[route],
+        );
+        span.end();
+    }
+}
+
+/// Fixed, sanitised operator notes: never request or response content.
+pub fn operator_note(decision: &str) -> &'static str {
+    match decision {
+        "retry" => "transient failure; retry scheduled after backoff",
+        "done" => "documented success response received",
+        "stop_non_retryable" => "failure class is not safe to retry; stopped",
+        "stop_attempts_exhausted" => "attempt allowance used up; stopped",
+        "stop_budget_exhausted" => "shared retry budget exhausted; retry denied",
+        "stop_deadline" => "retry would end past the call deadline; stopped",
+        "stop_retry_after_too_long" => "server asked for a wait beyond the limit; stopped",
+        "stop_committed" => "stream failed after first byte reached the caller; not retried",
+        "stop_cancelled" => "caller went away; attempt cancelled",
+        _ => "unrecognised decision",
+    }
+}
+
+/// RFC 3339 UTC timestamp with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+// === impl EvidenceWriter ===
+
+/// Lines waiting for the writer thread; beyond this, lines are dropped and counted rather than blocking calls.
+pub const EVIDENCE_QUEUE: usize = 8192;
+
+enum Msg {
+    Line(String),
+    Flush(mpsc::Sender<()>),
+}
+
+/// Appends evidence lines to a JSONL file from a background thread, through a bounded queue.
+pub(crate) struct EvidenceWriter {
+    tx: Mutex<Option<SyncSender<Msg>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dropped: Arc<Dropped>,
+}
+
+impl EvidenceWriter {
+    pub(crate) fn open(path: &Path, dropped: Arc<Dropped>) -> Result<Self, TelemetryError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                TelemetryError::Init(format!(
+                    "cannot open evidence file {}: {e}; check the directory exists and is writable",
+                    path.display()
+                ))
+            })?;
+        let (tx, rx) = mpsc::sync_channel(EVIDENCE_QUEUE);
+        let writer_dropped = Arc::clone(&dropped);
+        let thread = std::thread::Builder::new()
+            .name("retrybudget-evidence".into())
+            .spawn(move || write_loop(rx, BufWriter::new(file), &writer_dropped))
+            .map_err(|e| {
+                TelemetryError::Init(format!("cannot start the evidence writer thread: {e}"))
+            })?;
+        Ok(EvidenceWriter {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            dropped,
+        })
+    }
+
+    pub(crate) fn write(&self, line: String) {
+        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        let sent = match tx.as_ref() {
+            Some(tx) => match tx.try_send(Msg::Line(line)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            },
+            None => false,
+        };
+        if !sent {
+            self.dropped.add(EVIDENCE, 1);
+        }
+    }
+
+    /// Waits until every line queued so far is on disk, at most `timeout`.
+    pub(crate) fn flush(&self, timeout: Duration) -> bool {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let queued = {
+            let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+            tx.as_ref()
+                .is_some_and(|tx| tx.send(Msg::Flush(ack_tx)).is_ok())
+        };
+        queued && ack_rx.recv_timeout(timeout).is_ok()
+    }
+
+    pub(crate) fn close(&self, timeout: Duration) {
+        self.flush(timeout);
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Msg>, mut out: BufWriter<File>, dropped: &Dropped) {
+    while let Ok(msg) = rx.recv() {
+        let mut pending = Some(msg);
+        // Drain what is queued, then flush once.
+        while let Some(msg) = pending.take().or_else(|| rx.try_recv().ok()) {
+            match msg {
+                Msg::Line(line) => {
+                    if out
+                        .write_all(line.as_bytes())
+                        .and_then(|()| out.write_all(b"\n"))
+                        .is_err()
+                    {
+                        dropped.add(EVIDENCE, 1);
+                    }
+                }
+                Msg::Flush(ack) => {
+                    let _ = out.flush();
+                    let _ = ack.send(());
+                }
+            }
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}
+
+impl Telemetry {
+    /// Waits until the evidence file has every line emitted so far (at most `timeout`). True if it has, or if
+    /// there is no evidence file.
+    pub fn flush_evidence(&self, timeout: Duration) -> bool {
+        self.inner
+            .evidence
+            .as_ref()
+            .is_none_or(|e| e.flush(timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_781_308_800_123);
+        assert_eq!(rfc3339(t), "2026-06-13T00:00:00.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn every_decision_has_a_note() {
+        for d in [
+            "retry",
+            "done",
+            "stop_non_retryable",
+            "stop_attempts_exhausted",
+            "stop_budget_exhausted",
+            "stop_deadline",
+            "stop_retry_after_too_long",
+            "stop_committed",
+            "stop_cancelled",
+        ] {
+            assert_ne!(operator_note(d), "unrecognised decision", "{d}");
+        }
+    }
+}

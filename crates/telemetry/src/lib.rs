@@ -1,0 +1,35 @@
+//! retrybudget's telemetry: the names, the pipelines and the evidence events.
+//!
+//! - [`names`]: every span attribute, metric and event name of the telemetry contract, as constants.
+//! - [`config`]: settings from the standard `OTEL_*` variables (protocol and `OTEL_SDK_DISABLED` included).
+//! - [`Telemetry`]: OTLP export over gRPC or HTTP/protobuf, the same instruments for Prometheus scraping, the
+//!   JSONL evidence file; bounded queues, counted drops, a shutdown that waits a bounded time.
+//! - [`evidence`]: [`AttemptEvent`] and [`CallEvent`], whose one `emit` writes span attributes, log record,
+//!   metrics and evidence line together.
+//!
+//! This crate must never record content: no API key, prompt, completion, full body or upstream error message
+//! ever reaches an event type, so none can reach an exporter.
+
+pub mod config;
+pub mod evidence;
+pub mod export;
+pub mod names;
+mod pipeline;
+mod propagation;
+pub mod redact;
+
+pub use config::{OtlpConfig, OtlpProtocol, TelemetryConfig};
+pub use evidence::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
+pub use pipeline::Telemetry;
+pub use propagation::{extract_traceparent, traceparent};
+
+/// Why the telemetry pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// A setting is invalid; the message says which and how to fix it.
+    #[error("telemetry configuration: {0}")]
+    Config(String),
+    /// An exporter, the evidence file or a thread could not be set up.
+    #[error("telemetry setup: {0}")]
+    Init(String),
+}
