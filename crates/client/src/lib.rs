@@ -338,7 +338,7 @@ impl Client {
                     })
                     .with_error_code(code.classify_code());
                     let mut result = AttemptResult::Response(head);
-                    if status.is_success() && request.path == CHAT_COMPLETIONS {
+                    if status.is_success() && request.url_template == CHAT_COMPLETIONS {
                         match serde_json::from_slice::<serde_json::Value>(&body) {
                             Ok(v) => run.facts = facts_of(&v),
                             Err(_) => result = AttemptResult::Failure(FailureKind::InvalidResponse),
@@ -412,7 +412,12 @@ impl Client {
         let status = response.status();
         let version = protocol_version(response.version());
         let headers = response.headers().clone();
-        if request.stream && status.is_success() {
+        // An upstream that ignores `stream` and answers JSON takes the buffered path, not the SSE one.
+        let is_sse = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if request.stream && status.is_success() && is_sse {
             let mut rest = response.bytes_stream().boxed();
             return match rest.next().await {
                 Some(Ok(first)) => Output::Stream {

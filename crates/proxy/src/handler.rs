@@ -1,0 +1,130 @@
+//! The handlers: one path for every proxied request, so chat and the other `/v1/*` routes share the body
+//! limit, the header policy, the SERVER span and the response marking.
+//!
+//! The upstream call is awaited inside the handler's own future, never spawned: when the caller disconnects,
+//! the server drops that future (or the streaming body), and the client's in-flight guard records `cancelled`.
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, header, request::Parts};
+use retrybudget_client::{CHAT_COMPLETIONS, RawRequest};
+use retrybudget_telemetry::extract_traceparent;
+
+use crate::ProxyState;
+use crate::request::{self, BodyError, TRACEPARENT};
+use crate::response::{self, ServerSpan};
+
+/// Prometheus text format 0.0.4, as the exposition's content type.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// `GET /metrics`: every instrument in the Prometheus text format.
+pub(crate) async fn metrics(State(state): State<ProxyState>) -> Response {
+    let text = state.client().telemetry().prometheus_text();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /healthz`: the proxy is up (it says nothing about the upstream).
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Anything outside the proxied surface.
+pub(crate) async fn not_found() -> Response {
+    response::not_found()
+}
+
+/// `POST /v1/chat/completions`: validated locally, then forwarded.
+pub(crate) async fn chat(State(state): State<ProxyState>, request: Request) -> Response {
+    proxied(state, request, CHAT_COMPLETIONS, true).await
+}
+
+/// Any other `/v1/*` request, forwarded without validation.
+pub(crate) async fn forward(State(state): State<ProxyState>, request: Request) -> Response {
+    let route = request::route_template(request.uri().path());
+    proxied(state, request, route, false).await
+}
+
+/// Frames one proxied request in its SERVER span, whose status code is the response's.
+async fn proxied(
+    state: ProxyState,
+    request: Request,
+    route: &'static str,
+    validate: bool,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let caller = extract_traceparent(parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
+    let span = ServerSpan::start(state.client().telemetry(), &caller, &parts.method, route);
+    let raw = raw_request(&parts, route, span.context().clone());
+    let response = exchange(&state, raw, &parts, body, validate).await;
+    span.finish(response.status());
+    response
+}
+
+/// Everything but the body and the body's facts.
+fn raw_request(parts: &Parts, route: &'static str, parent: opentelemetry::Context) -> RawRequest {
+    let mut raw = RawRequest::chat(Bytes::new());
+    raw.method = parts.method.clone();
+    raw.path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    raw.url_template = route.to_owned();
+    raw.headers = request::forward_headers(&parts.headers);
+    raw.parent = parent;
+    raw.client_retry_count = request::client_retry_count(&parts.headers);
+    raw.deadline = None;
+    raw
+}
+
+async fn exchange(
+    state: &ProxyState,
+    mut raw: RawRequest,
+    parts: &Parts,
+    body: axum::body::Body,
+    validate: bool,
+) -> Response {
+    let client = state.client();
+    let max = state.config().max_body;
+    raw.body = match request::read_body(body, &parts.headers, max).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            let outcome = client.record_rejected(&raw);
+            return response::too_large(max, outcome);
+        }
+        // The caller broke off while sending: nothing was asked of the upstream, and nobody may be listening.
+        Err(BodyError::Unreadable) => return response::unreadable_body(),
+    };
+    if validate {
+        match request::validate_chat(&raw.body) {
+            Ok(facts) => {
+                raw.model = Some(facts.model);
+                raw.stream = facts.stream;
+                raw.max_tokens = facts.max_tokens;
+                raw.temperature = facts.temperature;
+            }
+            Err(invalid) => {
+                raw.model = invalid.model;
+                let outcome = client.record_rejected(&raw);
+                return response::invalid_request(&invalid.message, invalid.param, outcome);
+            }
+        }
+    } else if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&raw.body) {
+        let facts = request::loose_facts(&value);
+        raw.model = facts.model;
+        raw.stream = facts.stream && request::streams_with_done(&raw.url_template);
+        raw.max_tokens = facts.max_tokens;
+        raw.temperature = facts.temperature;
+    }
+    match client.send(raw).await {
+        Ok(exchange) => response::relay(exchange),
+        Err(error) => response::upstream_failed(&error),
+    }
+}

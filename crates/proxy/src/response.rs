@@ -1,0 +1,357 @@
+//! What the proxy sends back: the upstream's answer as it came (a useful subset of its headers), our own
+//! OpenAI-style errors, the SSE relay, and the SERVER span that frames the whole exchange.
+//!
+//! Error messages here are fixed text (or the client's `CallError` display, which holds only outcome, counts,
+//! status and error type): nothing from a request or an upstream body is ever quoted.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::Stream;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
+#[cfg(doc)]
+use retrybudget_client::ChatStream;
+use retrybudget_client::{CallError, Exchange, ExchangeBody};
+use retrybudget_policy::Outcome;
+use retrybudget_telemetry::Telemetry;
+use retrybudget_telemetry::names::{
+    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE,
+};
+
+/// Response header: attempts the proxy made upstream for this request (0 when it never left).
+pub const ATTEMPTS_HEADER: &str = "x-retrybudget-attempts";
+/// Response header: the call's terminal outcome (for a stream: as of its head), e.g. `success_after_retry`.
+pub const OUTCOME_HEADER: &str = "x-retrybudget-outcome";
+/// The SSE event that ends a relayed stream whose upstream broke after output reached the caller.
+pub const STREAM_INTERRUPTED_EVENT: &str = "data: {\"error\":{\"message\":\"upstream stream interrupted\",\"type\":\"upstream_error\",\"code\":\"stream_interrupted\"}}\n\n";
+
+const JSON: &str = "application/json";
+const INVALID_REQUEST: &str = "invalid_request_error";
+const UPSTREAM_ERROR: &str = "upstream_error";
+
+// === errors of our own ===
+
+/// An OpenAI-style error answer: `{"error":{"message","type","param","code"}}` plus our two headers.
+pub(crate) fn error_response(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    code: Option<&str>,
+    param: Option<&str>,
+    attempts: u32,
+    outcome: Outcome,
+) -> Response {
+    let body = serde_json::json!({ "error": { "message": message, "type": kind, "param": param, "code": code } });
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+    mark(response.headers_mut(), attempts, outcome);
+    response
+}
+
+/// 400 for a request that failed local validation (it never left).
+pub(crate) fn invalid_request(message: &str, param: Option<&str>, outcome: Outcome) -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        message,
+        INVALID_REQUEST,
+        Some("validation_error"),
+        param,
+        0,
+        outcome,
+    )
+}
+
+/// 413 for a body over `max_body` (it never left).
+pub(crate) fn too_large(max: usize, outcome: Outcome) -> Response {
+    let message = format!(
+        "the request body is larger than the proxy's limit of {max} bytes; send a smaller request"
+    );
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &message,
+        INVALID_REQUEST,
+        Some("request_too_large"),
+        None,
+        0,
+        outcome,
+    )
+}
+
+/// 400 when the caller's body could not be read (it broke off while sending).
+pub(crate) fn unreadable_body() -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "the request body could not be read (the connection broke while sending it); send the request again",
+        INVALID_REQUEST,
+        Some("unreadable_body"),
+        None,
+        0,
+        Outcome::FailedWithoutRetry,
+    )
+}
+
+/// 404 for anything outside `/v1/*`, `/metrics` and `/healthz` (the path is not echoed: it may carry data).
+pub(crate) fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "no such route on the retrybudget proxy; it forwards /v1/* (and serves /metrics and /healthz)",
+        INVALID_REQUEST,
+        Some("not_found"),
+        None,
+        0,
+        Outcome::FailedWithoutRetry,
+    )
+}
+
+/// 502 (or 504 after a timeout that ran into the deadline) when no upstream response ever arrived.
+pub(crate) fn upstream_failed(error: &CallError) -> Response {
+    let timed_out = error.outcome == Outcome::DeadlineExceeded
+        && error.error_type.as_deref() == Some("timeout");
+    let status = if timed_out {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    let code = error.error_type.as_deref();
+    error_response(
+        status,
+        &error.to_string(),
+        UPSTREAM_ERROR,
+        code,
+        None,
+        error.attempts,
+        error.outcome,
+    )
+}
+
+// === the upstream's answer ===
+
+/// The upstream's headers worth handing back; hop-by-hop headers and framing (`content-length`,
+/// `transfer-encoding`) are left for our server to set.
+fn is_relayed(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    name == header::CONTENT_TYPE
+        || n == "x-request-id"
+        || n.starts_with("openai-")
+        || n.starts_with("x-ratelimit-")
+        || n.starts_with("retry-after")
+}
+
+/// The final upstream response as it came: status, body (or live stream) and the useful headers.
+pub(crate) fn relay(exchange: Exchange) -> Response {
+    let body = match exchange.body {
+        ExchangeBody::Full(bytes) => Body::from(bytes),
+        ExchangeBody::Stream(stream) => Body::from_stream(SseRelay::new(stream)),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = exchange.status;
+    let headers = response.headers_mut();
+    for (name, value) in exchange.headers.iter().filter(|(name, _)| is_relayed(name)) {
+        headers.append(name.clone(), value.clone());
+    }
+    mark(headers, exchange.attempts, exchange.outcome);
+    response
+}
+
+fn mark(headers: &mut HeaderMap, attempts: u32, outcome: Outcome) {
+    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    headers.insert(OUTCOME_HEADER, HeaderValue::from_static(outcome.as_str()));
+}
+
+/// SSE bytes of a committed stream (a [`ChatStream`], however the client hands it over), passed on chunk by
+/// chunk; an interruption becomes one final error event.
+///
+/// Holding the [`ChatStream`] is what keeps its call open: when the caller goes away, the server drops this
+/// body, the stream drops, and the client records `cancelled`.
+struct SseRelay<S> {
+    inner: Option<S>,
+    /// How many newlines the bytes sent so far end with (0, 1 or 2+), so the error event starts an event of
+    /// its own even when the upstream broke off mid-line.
+    trailing_newlines: usize,
+}
+
+impl<S> SseRelay<S> {
+    fn new(inner: S) -> Self {
+        SseRelay {
+            inner: Some(inner),
+            trailing_newlines: 2,
+        }
+    }
+
+    fn note(&mut self, chunk: &[u8]) {
+        let n = chunk
+            .iter()
+            .rev()
+            .take(2)
+            .take_while(|&&b| b == b'\n')
+            .count();
+        self.trailing_newlines = if n == chunk.len() {
+            (self.trailing_newlines + n).min(2)
+        } else {
+            n
+        };
+    }
+}
+
+impl<S, E> Stream for SseRelay<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_next(cx)) {
+            Some(Ok(chunk)) => {
+                this.note(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Some(Err(_interrupted)) => {
+                // The client has already recorded `stream_interrupted`; end the body after the event.
+                this.inner = None;
+                let separator = &b"\n\n"[..2 - this.trailing_newlines.min(2)];
+                let mut event =
+                    Vec::with_capacity(separator.len() + STREAM_INTERRUPTED_EVENT.len());
+                event.extend_from_slice(separator);
+                event.extend_from_slice(STREAM_INTERRUPTED_EVENT.as_bytes());
+                Poll::Ready(Some(Ok(Bytes::from(event))))
+            }
+            None => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+// === the SERVER span ===
+
+/// The SERVER span of one proxied request: child of the caller's `traceparent`, parent of the client's
+/// logical span. It ends when the response head is produced (for a stream, before its body), or — if the
+/// caller went away first — when the handler is dropped, without a status code.
+pub(crate) struct ServerSpan {
+    cx: opentelemetry::Context,
+    ended: bool,
+}
+
+impl ServerSpan {
+    pub(crate) fn start(
+        telemetry: &Telemetry,
+        parent: &opentelemetry::Context,
+        method: &Method,
+        route: &'static str,
+    ) -> Self {
+        let method = known_method(method);
+        let attributes = vec![
+            KeyValue::new(HTTP_REQUEST_METHOD, method),
+            KeyValue::new(HTTP_ROUTE, route),
+        ];
+        let cx = telemetry.start_span(
+            parent,
+            format!("{method} {route}"),
+            SpanKind::Server,
+            attributes,
+        );
+        ServerSpan { cx, ended: false }
+    }
+
+    /// The context to pass as the client's `RawRequest.parent`.
+    pub(crate) fn context(&self) -> &opentelemetry::Context {
+        &self.cx
+    }
+
+    /// Records the status code (server spans are errors on 5xx only) and ends the span.
+    pub(crate) fn finish(mut self, status: StatusCode) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new(
+            HTTP_RESPONSE_STATUS_CODE,
+            i64::from(status.as_u16()),
+        ));
+        if status.is_server_error() {
+            span.set_attribute(KeyValue::new(ERROR_TYPE, status.as_str().to_owned()));
+            span.set_status(Status::error(""));
+        }
+        span.end();
+        self.ended = true;
+    }
+}
+
+impl Drop for ServerSpan {
+    fn drop(&mut self) {
+        // The client's spans keep this context alive (it is their parent), so end explicitly.
+        if !self.ended {
+            self.cx.span().end();
+        }
+    }
+}
+
+/// `http.request.method` must be a known method or `_OTHER` (semconv), to keep cardinality bounded.
+fn known_method(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn relayed_headers() {
+        for keep in [
+            "content-type",
+            "x-request-id",
+            "openai-processing-ms",
+            "x-ratelimit-remaining-requests",
+            "retry-after",
+            "retry-after-ms",
+        ] {
+            assert!(is_relayed(&HeaderName::from_static(keep)), "{keep}");
+        }
+        for drop in [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "set-cookie",
+            "server",
+        ] {
+            assert!(!is_relayed(&HeaderName::from_static(drop)), "{drop}");
+        }
+    }
+
+    #[test]
+    fn event_is_a_valid_sse_error() {
+        let data = STREAM_INTERRUPTED_EVENT
+            .strip_prefix("data: ")
+            .unwrap()
+            .trim_end();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["error"]["code"], "stream_interrupted");
+        assert_eq!(v["error"]["type"], "upstream_error");
+        assert!(STREAM_INTERRUPTED_EVENT.ends_with("\n\n"));
+    }
+}
