@@ -126,7 +126,7 @@ fn table() -> Vec<Row> {
         ),
         row(
             "per-attempt timeout",
-            vec![Step::ok().delay(Duration::from_secs(3)), Step::ok()],
+            vec![Step::ok().delay(Duration::from_secs(10)), Step::ok()],
             Outcome::SuccessAfterRetry,
             vec![(None, Some("timeout"), "retry"), ok],
         ),

@@ -44,7 +44,7 @@ pub fn test_policy() -> PolicyConfig {
     PolicyConfig {
         base: Duration::from_millis(20),
         cap: Duration::from_millis(200),
-        per_attempt_timeout: Some(Duration::from_millis(700)),
+        per_attempt_timeout: Some(Duration::from_secs(2)),
         budget: BudgetConfig::default(),
         ..PolicyConfig::default()
     }
