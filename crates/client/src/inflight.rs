@@ -108,12 +108,7 @@ impl Inflight {
     /// Opens the attempt's span and returns its context (for `traceparent`).
     pub(crate) fn begin_attempt(&mut self) -> Context {
         let l = &self.labels;
-        let mut attrs = vec![
-            KeyValue::new(HTTP_REQUEST_METHOD, l.method.clone()),
-            KeyValue::new(SERVER_ADDRESS, l.server_address.clone()),
-            KeyValue::new(SERVER_PORT, i64::from(l.server_port)),
-            KeyValue::new(URL_TEMPLATE, l.url_template.clone()),
-        ];
+        let mut attrs = l.http_attributes();
         if let Some(u) = &self.url_full {
             attrs.push(KeyValue::new(URL_FULL, u.clone()));
         }

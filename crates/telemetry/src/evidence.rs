@@ -45,6 +45,18 @@ pub struct CallLabels {
     pub method: Cow<'static, str>,
 }
 
+impl CallLabels {
+    /// The low-cardinality HTTP attributes every attempt shares (span and `http.client.request.duration`).
+    pub fn http_attributes(&self) -> Vec<KeyValue> {
+        vec![
+            KeyValue::new(HTTP_REQUEST_METHOD, self.method.clone()),
+            KeyValue::new(SERVER_ADDRESS, self.server_address.clone()),
+            KeyValue::new(SERVER_PORT, i64::from(self.server_port)),
+            KeyValue::new(URL_TEMPLATE, self.url_template.clone()),
+        ]
+    }
+}
+
 /// One finished attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptEvent<'a> {
@@ -127,12 +139,7 @@ impl AttemptEvent<'_> {
             KeyValue::new(GEN_AI_REQUEST_MODEL, l.model.clone()),
             KeyValue::new(RB_DECISION, self.decision),
         ];
-        let mut http_attrs = vec![
-            KeyValue::new(HTTP_REQUEST_METHOD, l.method.clone()),
-            KeyValue::new(SERVER_ADDRESS, l.server_address.clone()),
-            KeyValue::new(SERVER_PORT, i64::from(l.server_port)),
-            KeyValue::new(URL_TEMPLATE, l.url_template.clone()),
-        ];
+        let mut http_attrs = l.http_attributes();
         if let Some(e) = &self.error_type {
             attempt_attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
             http_attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
@@ -550,18 +557,8 @@ mod tests {
 
     #[test]
     fn every_decision_has_a_note() {
-        for d in [
-            "retry",
-            "done",
-            "stop_non_retryable",
-            "stop_attempts_exhausted",
-            "stop_budget_exhausted",
-            "stop_deadline",
-            "stop_retry_after_too_long",
-            "stop_committed",
-            "stop_cancelled",
-        ] {
-            assert_ne!(operator_note(d), "unrecognised decision", "{d}");
+        for d in retrybudget_policy::DecisionKind::ALL {
+            assert_ne!(operator_note(d.as_str()), "unrecognised decision", "{d}");
         }
     }
 }

@@ -175,45 +175,27 @@ impl Telemetry {
             let err = |signal: &str, e: opentelemetry_otlp::ExporterBuildError| {
                 TelemetryError::Init(format!("OTLP {signal} exporter: {e}"))
             };
-            let (spans, metrics, logs) = match otlp.protocol {
-                OtlpProtocol::Grpc => (
-                    SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(&otlp.traces_endpoint)
-                        .with_timeout(timeout)
-                        .build(),
-                    MetricExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(&otlp.metrics_endpoint)
-                        .with_timeout(timeout)
-                        .build(),
-                    LogExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(&otlp.logs_endpoint)
-                        .with_timeout(timeout)
-                        .build(),
-                ),
-                OtlpProtocol::HttpProtobuf => (
-                    SpanExporter::builder()
-                        .with_http()
-                        .with_protocol(Protocol::HttpBinary)
-                        .with_endpoint(&otlp.traces_endpoint)
-                        .with_timeout(timeout)
-                        .build(),
-                    MetricExporter::builder()
-                        .with_http()
-                        .with_protocol(Protocol::HttpBinary)
-                        .with_endpoint(&otlp.metrics_endpoint)
-                        .with_timeout(timeout)
-                        .build(),
-                    LogExporter::builder()
-                        .with_http()
-                        .with_protocol(Protocol::HttpBinary)
-                        .with_endpoint(&otlp.logs_endpoint)
-                        .with_timeout(timeout)
-                        .build(),
-                ),
-            };
+            // One builder chain per transport, the same for every signal.
+            macro_rules! exporter {
+                ($kind:ident, $endpoint:expr) => {
+                    match otlp.protocol {
+                        OtlpProtocol::Grpc => $kind::builder()
+                            .with_tonic()
+                            .with_endpoint($endpoint)
+                            .with_timeout(timeout)
+                            .build(),
+                        OtlpProtocol::HttpProtobuf => $kind::builder()
+                            .with_http()
+                            .with_protocol(Protocol::HttpBinary)
+                            .with_endpoint($endpoint)
+                            .with_timeout(timeout)
+                            .build(),
+                    }
+                };
+            }
+            let spans = exporter!(SpanExporter, &otlp.traces_endpoint);
+            let metrics = exporter!(MetricExporter, &otlp.metrics_endpoint);
+            let logs = exporter!(LogExporter, &otlp.logs_endpoint);
             let spans = Counted {
                 inner: spans.map_err(|e| err("traces", e))?,
                 dropped: Arc::clone(&dropped),
