@@ -2,7 +2,8 @@
 # The one test command (README, CONTRIBUTING and .ci/run all call this through `make test`).
 # It installs what the tests need when missing — Debian: prometheus (+ promtool), prometheus-alertmanager
 # (amtool); pip: pytest, pyyaml, openai, rotel — then runs, in order: formatting, clippy with warnings as
-# errors, every Rust test in the workspace, and the Python tests that drive real components.
+# errors, every Rust test in the workspace, and the Python tests that drive real components (the openai SDK
+# through the proxy; Prometheus evaluating every dashboard and rule query against a running demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +37,16 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "cargo test --workspace"
 cargo test --workspace
 
-log "python: operations kit (rules, configs, dashboards)"
-$PY -m pytest -q -p no:cacheprovider tests/ops --ignore=tests/ops/test_queries.py
+log "build the retrybudget binary for the whole-system tests"
+cargo build -p retrybudget
+RETRYBUDGET_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/retrybudget"
+export RETRYBUDGET_BIN
+"$RETRYBUDGET_BIN" --version
+
+log "python: the official openai SDK through a running retrybudget proxy"
+$PY -m pytest -q -p no:cacheprovider tests/sdk
+
+log "python: operations kit (rules, configs, dashboards, every PromQL query against a real Prometheus)"
+$PY -m pytest -q -s -p no:cacheprovider tests/ops
 
 log "all stages passed"

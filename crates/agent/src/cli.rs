@@ -1,0 +1,253 @@
+//! The command line: one clap tree, every flag also an environment variable `RETRYBUDGET_<FLAG>`.
+//!
+//! Flags that a config file may also set are `Option`s without a clap default, so that "not given" can be told
+//! apart from "given the default" and the precedence flag > env > file > default can be applied afterwards
+//! ([`crate::config`]). Defaults are therefore written in the help text, not in `default_value`.
+//! Value *syntax* (a number, a duration, an address) is checked here; value *ranges* are checked once, after
+//! the layers are merged, so a bad value is reported the same way whichever layer it came from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Bounded, budgeted retries for OpenAI-compatible chat-completion APIs, with OpenTelemetry evidence.
+#[derive(Debug, Parser)]
+#[command(name = "retrybudget", version, propagate_version = true)]
+#[command(
+    after_help = "Every flag can also be set as an environment variable RETRYBUDGET_<FLAG> \
+(e.g. RETRYBUDGET_MAX_ATTEMPTS=3) or as a key in the --config TOML file (flag name with `_`, e.g. \
+max_attempts = 3). Precedence: flag > environment > config file > default. Durations are written like \
+500ms, 30s or 5m."
+)]
+pub struct Cli {
+    /// TOML config file; keys are the subcommand's flag names with `_` (unknown keys are rejected).
+    #[arg(long, global = true, env = "RETRYBUDGET_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the local OpenAI-compatible sidecar: budgeted retries plus evidence for any app.
+    Proxy(ProxyArgs),
+    /// Run the built-in scriptable fake upstream (the test double) until Ctrl-C.
+    FakeUpstream(FakeUpstreamArgs),
+    /// Run the runbook's smoke test: happy path, validation path, retry path; evidence table, report, exit code.
+    Smoke(SmokeArgs),
+    /// Run the happy-path check on a schedule and export the result as metrics.
+    Probe(ProbeArgs),
+    /// Drive a scripted fault mix through the proxy against a built-in fake upstream and show the evidence.
+    Demo(DemoArgs),
+    /// Summarise an evidence file: outcomes, attempts, amplification, budget exhaustion, stop reasons.
+    Report(ReportArgs),
+}
+
+/// `retrybudget proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8787]
+    #[arg(long, env = "RETRYBUDGET_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Upstream base URL, e.g. https://api.openai.com (a trailing /v1 is accepted) [required]
+    #[arg(long, env = "RETRYBUDGET_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+    /// gen_ai.provider.name recorded in telemetry [default: openai]
+    #[arg(long, env = "RETRYBUDGET_PROVIDER_NAME", value_name = "NAME")]
+    pub provider_name: Option<String>,
+    /// Provider route name recorded as provider_route [default: chat_completions]
+    #[arg(long, env = "RETRYBUDGET_ROUTE_NAME", value_name = "NAME")]
+    pub route_name: Option<String>,
+    /// Retry policy flags.
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    /// Append one JSON line per attempt to this file [default: none]
+    #[arg(long, env = "RETRYBUDGET_EVIDENCE_FILE", value_name = "PATH")]
+    pub evidence_file: Option<PathBuf>,
+    /// NAME of an environment variable holding an API key, sent when the caller sends no Authorization
+    #[arg(long, env = "RETRYBUDGET_API_KEY_ENV", value_name = "NAME")]
+    pub api_key_env: Option<String>,
+    /// Largest request body accepted, in bytes or with a unit (8MiB, 512KiB) [default: 8MiB]
+    #[arg(long, env = "RETRYBUDGET_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
+    pub max_body: Option<u64>,
+}
+
+/// Retry policy flags (proxy).
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// Attempts per call, the first included (1 to 100) [default: 3]
+    #[arg(long, env = "RETRYBUDGET_MAX_ATTEMPTS", value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Overall deadline per call, backoff included [default: 300s]
+    #[arg(long, env = "RETRYBUDGET_DEADLINE", value_name = "DURATION", value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
+    /// Timeout of each attempt (for streams: time to first byte) [default: none, the deadline bounds it]
+    #[arg(long, env = "RETRYBUDGET_PER_ATTEMPT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub per_attempt_timeout: Option<Duration>,
+    /// Shared budget: retry tokens each first attempt deposits (0.0 to 1.0) [default: 0.1]
+    #[arg(
+        long,
+        env = "RETRYBUDGET_BUDGET_RATIO",
+        value_name = "RATIO",
+        allow_negative_numbers = true
+    )]
+    pub budget_ratio: Option<f64>,
+    /// Shared budget: retries per second always allowed (0 to 1000000) [default: 1]
+    #[arg(
+        long,
+        env = "RETRYBUDGET_BUDGET_MIN_PER_SEC",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub budget_min_per_sec: Option<f64>,
+    /// Shared budget: how long a deposit stays spendable (100ms to 1h) [default: 10s]
+    #[arg(long, env = "RETRYBUDGET_BUDGET_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub budget_ttl: Option<Duration>,
+}
+
+/// `retrybudget fake-upstream`.
+#[derive(Debug, Args)]
+pub struct FakeUpstreamArgs {
+    /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8788]
+    #[arg(long, env = "RETRYBUDGET_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `retrybudget smoke`.
+#[derive(Debug, Args)]
+pub struct SmokeArgs {
+    /// Base URL of the API under test, e.g. https://api.openai.com [required unless --self-test]
+    #[arg(long, env = "RETRYBUDGET_BASE_URL", value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Model id to request [required unless --self-test; self-test default: fake-model]
+    #[arg(long, env = "RETRYBUDGET_MODEL", value_name = "MODEL")]
+    pub model: Option<String>,
+    /// NAME of an environment variable holding the API key (the key itself is never printed)
+    #[arg(long, env = "RETRYBUDGET_API_KEY_ENV", value_name = "NAME")]
+    pub api_key_env: Option<String>,
+    /// Write the JSON report to this file
+    #[arg(long, env = "RETRYBUDGET_REPORT", value_name = "PATH")]
+    pub report: Option<PathBuf>,
+    /// Run every check against built-in fake upstreams: no key, no network
+    #[arg(long, env = "RETRYBUDGET_SELF_TEST")]
+    pub self_test: bool,
+}
+
+/// `retrybudget probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Base URL of the API to probe [required]
+    #[arg(long, env = "RETRYBUDGET_BASE_URL", value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Model id to request [required]
+    #[arg(long, env = "RETRYBUDGET_MODEL", value_name = "MODEL")]
+    pub model: Option<String>,
+    /// NAME of an environment variable holding the API key (never printed)
+    #[arg(long, env = "RETRYBUDGET_API_KEY_ENV", value_name = "NAME")]
+    pub api_key_env: Option<String>,
+    /// Time between checks (1s to 24h) [default: 30s]
+    #[arg(long, env = "RETRYBUDGET_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Address serving GET /metrics and /healthz (port 0 picks a free port) [default: 127.0.0.1:8789]
+    #[arg(long, env = "RETRYBUDGET_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `retrybudget demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long to drive traffic (2s to 1h) [default: 20s]
+    #[arg(long, env = "RETRYBUDGET_DURATION", value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Address of the in-process proxy and its /metrics (port 0 picks a free port) [default: 127.0.0.1:8787]
+    #[arg(long, env = "RETRYBUDGET_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Keep the proxy, /metrics and /healthz running after the mix until Ctrl-C
+    #[arg(long, env = "RETRYBUDGET_SERVE")]
+    pub serve: bool,
+    /// Evidence file, truncated at start [default: ./retrybudget-demo-evidence.jsonl]
+    #[arg(long, env = "RETRYBUDGET_EVIDENCE_FILE", value_name = "PATH")]
+    pub evidence_file: Option<PathBuf>,
+    /// Calls started per second (1 to 1000) [default: 20]
+    #[arg(long, env = "RETRYBUDGET_RATE", value_name = "N")]
+    pub rate: Option<u32>,
+    /// Print the final table as one JSON document on stdout (progress goes to stderr)
+    #[arg(long, env = "RETRYBUDGET_JSON")]
+    pub json: bool,
+}
+
+/// `retrybudget report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The JSONL evidence file to summarise
+    #[arg(value_name = "EVIDENCE.jsonl")]
+    pub evidence: PathBuf,
+    /// Print the summary as JSON
+    #[arg(long, env = "RETRYBUDGET_JSON")]
+    pub json: bool,
+}
+
+/// Parses a humantime duration (`500ms`, `30s`, `5m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}; expected a duration such as 500ms, 30s or 5m"))
+}
+
+/// Parses a byte size: a plain number of bytes or a number with a unit (`KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "{text:?} is not a size; write bytes (8388608) or a number with a unit (8MiB, 512KiB)"
+        )
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "ki" | "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mi" | "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gi" | "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("8 MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("2kb").unwrap(), 2000);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("8XB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert!(parse_duration("soon").unwrap_err().contains("500ms"));
+    }
+}

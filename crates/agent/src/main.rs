@@ -1,0 +1,28 @@
+//! `retrybudget`: parse the command line, build the runtime, run the subcommand, map errors to exit codes
+//! (0 success, 1 runtime failure, 2 bad flag, variable or config file).
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let (cli, matches) = retrybudget::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("retrybudget: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(retrybudget::run(cli, matches));
+    // Don't wait for stray blocking tasks (e.g. a stdin reader) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("retrybudget: error: {e:#}");
+            ExitCode::from(retrybudget::exit_code_for(&e))
+        }
+    }
+}
