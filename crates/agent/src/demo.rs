@@ -296,7 +296,7 @@ pub(crate) async fn run(
     let _ = progress.await;
     print_progress(out, started, duration, &tally, &phase);
     out.end_progress();
-    let flushed = telemetry.flush_evidence(Duration::from_secs(5));
+    let flushed = telemetry.flush_evidence();
 
     let t = tally.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let metrics_url = format!("http://{target}/metrics");

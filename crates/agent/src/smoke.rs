@@ -157,7 +157,7 @@ struct EvidenceTail {
 
 impl EvidenceTail {
     fn take(&mut self, telemetry: &Telemetry) -> Vec<Value> {
-        telemetry.flush_evidence(Duration::from_secs(2));
+        telemetry.flush_evidence();
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let new: Vec<Value> = lines

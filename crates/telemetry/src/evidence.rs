@@ -8,9 +8,9 @@
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -205,42 +205,65 @@ impl AttemptEvent<'_> {
             logger.emit(rec);
         }
         if let Some(writer) = &inner.evidence {
-            let mut line = serde_json::json!({
-                "timestamp": rfc3339(SystemTime::now()),
-                "environment": inner.environment,
-                "provider_route": l.route,
-                "model": l.model,
-                "http_method": l.method,
-                "http_route": l.url_template,
-                "retry_attempt": self.attempt,
-                "retry_budget_remaining": self.allowance_remaining,
-                "shared_budget_balance": (self.budget_balance * 1000.0).round() / 1000.0,
-                "backoff_applied_ms": self.backoff_before.map_or(0, |(d, _)| d.as_millis() as u64),
-                "elapsed_bucket": elapsed_bucket,
-                "decision": self.decision,
-                "operator_note": note,
-                "trace_id": ctx.trace_id().to_string(),
-                "span_id": ctx.span_id().to_string(),
-            });
-            if let Some(map) = line.as_object_mut() {
-                if let Some(s) = self.status {
-                    map.insert("http_status_code".into(), s.into());
-                }
-                if let Some(e) = &self.error_type {
-                    map.insert("error_type".into(), e.to_string().into());
-                }
-                if let Some((_, source)) = self.backoff_before {
-                    map.insert("delay_source".into(), source.into());
-                }
-                if let Some((outcome, client_result)) = self.terminal {
-                    map.insert("client_result".into(), client_result.into());
-                    map.insert("terminal_outcome".into(), outcome.into());
-                }
+            let record = EvidenceRecord {
+                timestamp: rfc3339(SystemTime::now()),
+                environment: &inner.environment,
+                provider_route: &l.route,
+                model: &l.model,
+                http_method: &l.method,
+                http_route: &l.url_template,
+                http_status_code: self.status,
+                error_type: self.error_type.as_deref(),
+                retry_attempt: self.attempt,
+                retry_budget_remaining: self.allowance_remaining,
+                shared_budget_balance: (self.budget_balance * 1000.0).round() / 1000.0,
+                backoff_applied_ms: self.backoff_before.map_or(0, |(d, _)| d.as_millis() as u64),
+                delay_source: self.backoff_before.map(|(_, source)| source),
+                elapsed_bucket,
+                decision: self.decision,
+                client_result: self.terminal.map(|(_, r)| r),
+                terminal_outcome: self.terminal.map(|(o, _)| o),
+                operator_note: note,
+                trace_id: ctx.trace_id().to_string(),
+                span_id: ctx.span_id().to_string(),
+            };
+            match serde_json::to_vec(&record) {
+                Ok(line) => writer.write(&line),
+                Err(_) => inner.dropped.add(EVIDENCE, 1),
             }
-            writer.write(line.to_string());
         }
         span.end();
     }
+}
+
+/// One line of the JSONL evidence file: the runbook's sanitised log-record template, in its field order.
+#[derive(serde::Serialize)]
+struct EvidenceRecord<'a> {
+    timestamp: String,
+    environment: &'a str,
+    provider_route: &'a str,
+    model: &'a str,
+    http_method: &'a str,
+    http_route: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_type: Option<&'a str>,
+    retry_attempt: u32,
+    retry_budget_remaining: u32,
+    shared_budget_balance: f64,
+    backoff_applied_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay_source: Option<&'a str>,
+    elapsed_bucket: &'a str,
+    decision: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_result: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    terminal_outcome: Option<&'a str>,
+    operator_note: &'a str,
+    trace_id: String,
+    span_id: String,
 }
 
 /// One finished logical call.
@@ -421,19 +444,42 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 // === impl EvidenceWriter ===
 
-/// Lines waiting for the writer thread; beyond this, lines are dropped and counted rather than blocking calls.
-pub const EVIDENCE_QUEUE: usize = 8192;
+/// Bytes of evidence waiting to be written; beyond this, lines are dropped and counted rather than growing memory.
+pub const EVIDENCE_PENDING_LIMIT: usize = 8 << 20;
+/// How often the writer thread moves pending lines to the file.
+pub const EVIDENCE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
-enum Msg {
-    Line(String),
-    Flush(mpsc::Sender<()>),
+/// Appends evidence lines to a JSONL file. Emitting only appends to an in-memory buffer under a short lock (no
+/// I/O, no thread wake-up per line); a background thread writes the buffer out every
+/// [`EVIDENCE_FLUSH_INTERVAL`], and [`EvidenceWriter::flush`] writes it out at once.
+pub(crate) struct EvidenceWriter {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Appends evidence lines to a JSONL file from a background thread, through a bounded queue.
-pub(crate) struct EvidenceWriter {
-    tx: Mutex<Option<SyncSender<Msg>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+struct Shared {
+    pending: Mutex<Vec<u8>>,
+    /// Held while moving pending bytes to the file, so batches reach the file in order.
+    file: Mutex<File>,
+    closed: std::sync::atomic::AtomicBool,
     dropped: Arc<Dropped>,
+}
+
+impl Shared {
+    fn drain(&self) -> bool {
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let batch =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if batch.is_empty() {
+            return true;
+        }
+        let written = file.write_all(&batch).and_then(|()| file.flush()).is_ok();
+        if !written {
+            let lines = batch.iter().filter(|b| **b == b'\n').count();
+            self.dropped.add(EVIDENCE, lines as u64);
+        }
+        written
+    }
 }
 
 impl EvidenceWriter {
@@ -448,97 +494,72 @@ impl EvidenceWriter {
                     path.display()
                 ))
             })?;
-        let (tx, rx) = mpsc::sync_channel(EVIDENCE_QUEUE);
-        let writer_dropped = Arc::clone(&dropped);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            file: Mutex::new(file),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            dropped,
+        });
+        let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("retrybudget-evidence".into())
-            .spawn(move || write_loop(rx, BufWriter::new(file), &writer_dropped))
+            .spawn(move || {
+                while !worker.closed.load(Ordering::Acquire) {
+                    std::thread::park_timeout(EVIDENCE_FLUSH_INTERVAL);
+                    worker.drain();
+                }
+            })
             .map_err(|e| {
                 TelemetryError::Init(format!("cannot start the evidence writer thread: {e}"))
             })?;
         Ok(EvidenceWriter {
-            tx: Mutex::new(Some(tx)),
+            shared,
             thread: Mutex::new(Some(thread)),
-            dropped,
         })
     }
 
-    pub(crate) fn write(&self, line: String) {
-        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
-        let sent = match tx.as_ref() {
-            Some(tx) => match tx.try_send(Msg::Line(line)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
-            },
-            None => false,
-        };
-        if !sent {
-            self.dropped.add(EVIDENCE, 1);
-        }
-    }
-
-    /// Waits until every line queued so far is on disk, at most `timeout`.
-    pub(crate) fn flush(&self, timeout: Duration) -> bool {
-        let (ack_tx, ack_rx) = mpsc::channel();
-        let queued = {
-            let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
-            tx.as_ref()
-                .is_some_and(|tx| tx.send(Msg::Flush(ack_tx)).is_ok())
-        };
-        queued && ack_rx.recv_timeout(timeout).is_ok()
-    }
-
-    pub(crate) fn close(&self, timeout: Duration) {
-        self.flush(timeout);
-        self.tx
+    pub(crate) fn write(&self, line: &[u8]) {
+        let mut pending = self
+            .shared
+            .pending
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+            .unwrap_or_else(PoisonError::into_inner);
+        if pending.len() + line.len() >= EVIDENCE_PENDING_LIMIT {
+            drop(pending);
+            self.shared.dropped.add(EVIDENCE, 1);
+            return;
+        }
+        pending.extend_from_slice(line);
+        pending.push(b'\n');
+    }
+
+    /// Writes every line emitted so far to the file.
+    pub(crate) fn flush(&self) -> bool {
+        self.shared.drain()
+    }
+
+    pub(crate) fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
         if let Some(t) = self
             .thread
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
         {
+            t.thread().unpark();
             let _ = t.join();
         }
+        self.shared.drain();
     }
-}
-
-fn write_loop(rx: Receiver<Msg>, mut out: BufWriter<File>, dropped: &Dropped) {
-    while let Ok(msg) = rx.recv() {
-        let mut pending = Some(msg);
-        // Drain what is queued, then flush once.
-        while let Some(msg) = pending.take().or_else(|| rx.try_recv().ok()) {
-            match msg {
-                Msg::Line(line) => {
-                    if out
-                        .write_all(line.as_bytes())
-                        .and_then(|()| out.write_all(b"\n"))
-                        .is_err()
-                    {
-                        dropped.add(EVIDENCE, 1);
-                    }
-                }
-                Msg::Flush(ack) => {
-                    let _ = out.flush();
-                    let _ = ack.send(());
-                }
-            }
-        }
-        let _ = out.flush();
-    }
-    let _ = out.flush();
 }
 
 impl Telemetry {
-    /// Waits until the evidence file has every line emitted so far (at most `timeout`). True if it has, or if
-    /// there is no evidence file.
-    pub fn flush_evidence(&self, timeout: Duration) -> bool {
+    /// Writes every evidence line emitted so far to the file. True if that worked, or if there is no file.
+    pub fn flush_evidence(&self) -> bool {
         self.inner
             .evidence
             .as_ref()
-            .is_none_or(|e| e.flush(timeout))
+            .is_none_or(EvidenceWriter::flush)
     }
 }
 

@@ -371,7 +371,7 @@ impl Telemetry {
                 }
                 let _ = inner.meter_provider.shutdown_with_timeout(per);
                 if let Some(e) = &inner.evidence {
-                    e.close(per);
+                    e.close();
                 }
                 let _ = tx.send(());
             });
