@@ -98,6 +98,27 @@ fn calls(c: &mut Criterion) {
     let local = rt.block_on(async {
         Client::new(ClientConfig::new(upstream.base_url()), Telemetry::local()).unwrap()
     });
+    let mut g = c.benchmark_group("cpu per call");
+    g.bench_function("1 plain reqwest POST", |b| {
+        b.iter_custom(|iters| {
+            cpu_per_call(&rt, iters, || async {
+                let r = plain
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                r.bytes().await.unwrap()
+            })
+        })
+    });
+    g.bench_function("2 client, telemetry local only", |b| {
+        b.iter_custom(|iters| {
+            cpu_per_call(&rt, iters, || async { local.chat(&req).await.unwrap() })
+        })
+    });
+    // Built only now, so its export threads don't run during the other variants.
     let full = rt.block_on(async {
         let e = format!("http://127.0.0.1:{port}");
         let config = TelemetryConfig {
@@ -119,26 +140,6 @@ fn calls(c: &mut Criterion) {
         .unwrap()
     });
 
-    let mut g = c.benchmark_group("cpu per call");
-    g.bench_function("1 plain reqwest POST", |b| {
-        b.iter_custom(|iters| {
-            cpu_per_call(&rt, iters, || async {
-                let r = plain
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                r.bytes().await.unwrap()
-            })
-        })
-    });
-    g.bench_function("2 client, telemetry local only", |b| {
-        b.iter_custom(|iters| {
-            cpu_per_call(&rt, iters, || async { local.chat(&req).await.unwrap() })
-        })
-    });
     g.bench_function("3 client, full export (OTLP gRPC to rotel + JSONL)", |b| {
         b.iter_custom(|iters| cpu_per_call(&rt, iters, || async { full.chat(&req).await.unwrap() }))
     });

@@ -80,7 +80,15 @@ impl Inflight {
         Inflight {
             client: client.clone(),
             call,
-            url_full: redact_url(&format!("{}{}", inner.base, request.path)),
+            // The base is redacted once per client; only a path with a query needs the parser again.
+            url_full: if request.path.contains('?') {
+                redact_url(&format!("{}{}", inner.base, request.path))
+            } else {
+                inner
+                    .redacted_base
+                    .as_ref()
+                    .map(|b| format!("{b}{}", request.path))
+            },
             labels,
             call_cx,
             attempt: None,

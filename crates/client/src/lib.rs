@@ -154,6 +154,8 @@ struct Inner {
     policy: Policy,
     telemetry: Telemetry,
     base: String,
+    /// `base` as `url.full` may show it (see `redact_url`), without a trailing slash.
+    redacted_base: Option<String>,
     server_address: String,
     server_port: u16,
     provider: String,
@@ -210,6 +212,8 @@ impl Client {
                 http,
                 policy,
                 telemetry,
+                redacted_base: retrybudget_telemetry::redact::redact_url(&base)
+                    .map(|b| b.trim_end_matches('/').to_owned()),
                 base,
                 server_address,
                 server_port,
@@ -339,8 +343,8 @@ impl Client {
                     .with_error_code(code.classify_code());
                     let mut result = AttemptResult::Response(head);
                     if status.is_success() && request.url_template == CHAT_COMPLETIONS {
-                        match serde_json::from_slice::<serde_json::Value>(&body) {
-                            Ok(v) => run.facts = facts_of(&v),
+                        match serde_json::from_slice::<Facts<'_>>(&body) {
+                            Ok(f) => f.merge_into(&mut run.facts),
                             Err(_) => result = AttemptResult::Failure(FailureKind::InvalidResponse),
                         }
                     }
@@ -504,36 +508,51 @@ fn protocol_version(v: http::Version) -> Option<&'static str> {
     }
 }
 
-/// Identifiers and counts from a chat completion (or one stream chunk), never its content.
-pub(crate) fn facts_of(v: &serde_json::Value) -> ResponseFacts {
-    let mut facts = ResponseFacts::default();
-    merge_facts(&mut facts, v);
-    facts
+/// The parts of a chat completion (or of one stream chunk) that evidence may record: identifiers and counts.
+/// Deserialising into this skips every other field — message content included — without building a tree.
+#[derive(serde::Deserialize)]
+pub(crate) struct Facts<'a> {
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    choices: Vec<ChoiceFacts<'a>>,
+    #[serde(default)]
+    usage: Option<UsageFacts>,
 }
 
-pub(crate) fn merge_facts(facts: &mut ResponseFacts, v: &serde_json::Value) {
-    let s = |k: &str| {
-        v.get(k)
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-    };
-    if facts.id.is_none() {
-        facts.id = s("id");
-    }
-    if facts.model.is_none() {
-        facts.model = s("model");
-    }
-    if let Some(choices) = v.get("choices").and_then(serde_json::Value::as_array) {
-        for c in choices {
-            if let Some(r) = c.get("finish_reason").and_then(serde_json::Value::as_str) {
-                facts.finish_reasons.push(r.to_owned());
-            }
+#[derive(serde::Deserialize)]
+struct ChoiceFacts<'a> {
+    #[serde(borrow, default)]
+    finish_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageFacts {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+impl Facts<'_> {
+    /// Adds these facts to `facts` (ids and model from the first chunk that has them, usage from the last).
+    pub(crate) fn merge_into(self, facts: &mut ResponseFacts) {
+        if facts.id.is_none() {
+            facts.id = self.id.map(|s| s.into_owned());
         }
-    }
-    if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-        facts.input_tokens = u.get("prompt_tokens").and_then(serde_json::Value::as_u64);
-        facts.output_tokens = u
-            .get("completion_tokens")
-            .and_then(serde_json::Value::as_u64);
+        if facts.model.is_none() {
+            facts.model = self.model.map(|s| s.into_owned());
+        }
+        facts.finish_reasons.extend(
+            self.choices
+                .into_iter()
+                .filter_map(|c| c.finish_reason.map(|r| r.into_owned())),
+        );
+        if let Some(u) = self.usage {
+            facts.input_tokens = u.prompt_tokens;
+            facts.output_tokens = u.completion_tokens;
+        }
     }
 }

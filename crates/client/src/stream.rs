@@ -89,11 +89,11 @@ impl ChatStream {
         let data = data.trim_ascii();
         if data == b"[DONE]" {
             self.saw_done = true;
-        } else if let (Some(run), Ok(v)) = (
+        } else if let (Some(run), Ok(f)) = (
             self.run.as_mut(),
-            serde_json::from_slice::<serde_json::Value>(data),
+            serde_json::from_slice::<crate::Facts<'_>>(data),
         ) {
-            crate::merge_facts(&mut run.facts, &v);
+            f.merge_into(&mut run.facts);
         }
     }
 
