@@ -13,20 +13,31 @@ log "dependencies"
 need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
+command -v kill >/dev/null || need_apt+=(procps)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 PY=python3
+pip_install() {
+  # A Debian-managed python refuses plain `pip install` (PEP 668); this machine's own python does not.
+  $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore "$@" 2>/dev/null ||
+    $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore --break-system-packages "$@"
+}
 if ! $PY -c 'import pytest, yaml, openai, rotel' 2>/dev/null; then
-  $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore pytest pyyaml openai
-  $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore --pre rotel
+  pip_install pytest pyyaml openai
+  pip_install --pre rotel
 fi
 ROTEL_AGENT="$($PY -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 export ROTEL_AGENT
 promtool --version 2>&1 | head -1
 echo "rotel-agent: $ROTEL_AGENT"
+
+for component in rustfmt clippy; do
+  cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || { echo "missing the $component component of the Rust toolchain"; exit 1; }
+done
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

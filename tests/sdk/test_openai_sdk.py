@@ -1,5 +1,6 @@
 """The official openai Python SDK, retries off, as the client of a running `retrybudget proxy`."""
 import json
+import time
 import urllib.request
 
 import openai
@@ -84,6 +85,13 @@ def test_sdk_retry_header_is_seen_and_evidence_has_no_key(sdk, stack):
     with urllib.request.urlopen(stack["proxy"] + "/metrics", timeout=5) as r:
         metrics = r.read().decode()
     assert "retrybudget_calls_total" in metrics
-    with open(stack["evidence"]) as f:
-        evidence = f.read()
-    assert evidence and "sk-test-not-a-real-key" not in evidence and "Say OK." not in evidence
+    # The evidence writer flushes every 100 ms: wait for this call's line rather than racing it.
+    deadline, evidence = time.time() + 5, ""
+    while time.time() < deadline:
+        with open(stack["evidence"]) as f:
+            evidence = f.read()
+        if evidence.count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert evidence, "the proxy wrote evidence lines"
+    assert "sk-test-not-a-real-key" not in evidence and "Say OK." not in evidence

@@ -148,6 +148,12 @@ pub(crate) async fn run(
         .await
         .with_context(|| format!("cannot listen on {}: is the port in use?", listen.value))?;
     let addr = listener.local_addr()?;
+    if has_key && !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {addr}, beyond this host, with --api-key-env set: anyone who can reach this \
+             port can call the upstream with your key. Bind 127.0.0.1 or put authentication in front."
+        );
+    }
     println!(
         "retrybudget proxy listening on http://{addr} -> upstream {}; metrics at http://{addr}/metrics; {}; evidence file {}; API key {}",
         printable_url(&upstream.value),

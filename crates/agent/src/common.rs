@@ -58,7 +58,8 @@ pub(crate) fn otlp_summary() -> String {
     match TelemetryConfig::from_env() {
         Ok(TelemetryConfig { otlp: Some(o), .. }) => format!(
             "OTLP on ({:?}, traces to {})",
-            o.protocol, o.traces_endpoint
+            o.protocol,
+            crate::config::printable_url(&o.traces_endpoint)
         ),
         _ => "OTLP off".to_owned(),
     }
@@ -69,7 +70,7 @@ pub(crate) fn otlp_endpoint() -> Option<String> {
     TelemetryConfig::from_env()
         .ok()
         .and_then(|c| c.otlp)
-        .map(|o| o.traces_endpoint)
+        .map(|o| crate::config::printable_url(&o.traces_endpoint))
 }
 
 /// Renders rows of JSON objects as an aligned plain-text table (missing fields as `-`).

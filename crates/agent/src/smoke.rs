@@ -34,16 +34,19 @@ use crate::common::{init_telemetry, table};
 use crate::config::{Layers, check_writable_parent, load_file, printable_url, usage};
 
 /// The runbook's evidence fields, in its order (plus `decision`, which the assertions refer to).
-pub(crate) const EVIDENCE_COLUMNS: [&str; 13] = [
+pub(crate) const EVIDENCE_COLUMNS: [&str; 16] = [
     "timestamp",
     "environment",
     "provider_route",
     "http_method",
     "http_route",
     "http_status_code",
+    "error_type",
     "retry_attempt",
     "retry_budget_remaining",
+    "shared_budget_balance",
     "backoff_applied_ms",
+    "elapsed_bucket",
     "decision",
     "client_result",
     "terminal_outcome",
@@ -287,8 +290,7 @@ async fn happy_path(ctx: &mut Ctx, base_url: &str, route: &str) -> anyhow::Resul
         ..PolicyConfig::default()
     };
     let client = ctx.client(base_url, route, policy)?;
-    let mut request = ChatRequest::user(ctx.model.clone(), HAPPY_PROMPT);
-    request.max_tokens = Some(32);
+    let request = ChatRequest::user(ctx.model.clone(), HAPPY_PROMPT);
     let result = client.chat(&request).await;
     let rows = ctx.tail.take(&ctx.telemetry);
     let last = rows.last();
@@ -331,7 +333,7 @@ async fn happy_path(ctx: &mut Ctx, base_url: &str, route: &str) -> anyhow::Resul
     Ok(Check {
         name: "happy_path",
         title: format!(
-            "one minimal chat completion (model {}, max_tokens 32) against {}",
+            "one minimal chat completion (model {}) against {}",
             ctx.model,
             printable_url(base_url)
         ),
@@ -344,7 +346,6 @@ async fn happy_path(ctx: &mut Ctx, base_url: &str, route: &str) -> anyhow::Resul
 fn invalid_request(model: &str) -> ChatRequest {
     let mut request = ChatRequest::user(model, HAPPY_PROMPT);
     request.messages.clear();
-    request.max_tokens = Some(1);
     request
 }
 
@@ -430,8 +431,7 @@ async fn retry_path(ctx: &mut Ctx) -> anyhow::Result<Check> {
         "fake_upstream_chat_completions",
         policy,
     )?;
-    let mut request = ChatRequest::user(ctx.model.clone(), HAPPY_PROMPT);
-    request.max_tokens = Some(32);
+    let request = ChatRequest::user(ctx.model.clone(), HAPPY_PROMPT);
     let result = client.chat(&request).await;
     let returned_at = Instant::now();
     // Nothing may arrive after the call gave up: wait longer than the next backoff could have been.

@@ -30,7 +30,8 @@ pub(crate) struct Inflight {
 }
 
 impl Inflight {
-    pub(crate) fn start(client: &Client, request: &crate::RawRequest) -> Inflight {
+    /// Starts the evidence of one call; `local` is for a request refused before it could leave (no budget use).
+    pub(crate) fn start(client: &Client, request: &crate::RawRequest, local: bool) -> Inflight {
         let inner = &client.inner;
         let model = request
             .model
@@ -39,7 +40,16 @@ impl Inflight {
         let labels = CallLabels {
             route: inner.route.clone(),
             provider: inner.provider.clone(),
-            scope: format!("{}|{}", inner.base, model),
+            // Scope = upstream + model; the base as redacted for telemetry, since the scope is a metric label.
+            scope: format!(
+                "{}|{}",
+                inner
+                    .redacted_base
+                    .as_deref()
+                    .unwrap_or(&inner.server_address),
+                model
+            ),
+            operation: gen_ai_operation(&request.url_template),
             model,
             server_address: inner.server_address.clone(),
             server_port: inner.server_port,
@@ -47,7 +57,7 @@ impl Inflight {
             method: request.method.as_str().to_owned().into(),
         };
         let mut attrs = vec![
-            KeyValue::new(GEN_AI_OPERATION_NAME, GEN_AI_OPERATION_CHAT),
+            KeyValue::new(GEN_AI_OPERATION_NAME, labels.operation),
             KeyValue::new(GEN_AI_PROVIDER_NAME, labels.provider.clone()),
             KeyValue::new(GEN_AI_REQUEST_MODEL, labels.model.clone()),
             KeyValue::new(SERVER_ADDRESS, labels.server_address.clone()),
@@ -67,16 +77,26 @@ impl Inflight {
         if let Some(t) = request.temperature {
             attrs.push(KeyValue::new(GEN_AI_REQUEST_TEMPERATURE, t));
         }
-        let name = format!("{GEN_AI_OPERATION_CHAT} {}", labels.model);
+        let name = if labels.operation == GEN_AI_OPERATION_OTHER {
+            format!("{} {}", labels.method, labels.url_template)
+        } else {
+            format!("{} {}", labels.operation, labels.model)
+        };
         let call_cx = inner
             .telemetry
             .start_span(&request.parent, name, SpanKind::Client, attrs);
-        let call = inner.policy.start_call(
-            &labels.scope,
-            client.now(),
-            request.deadline,
-            client.next_seed(),
-        );
+        let call = if local {
+            inner
+                .policy
+                .start_local_call(client.now(), client.next_seed())
+        } else {
+            inner.policy.start_call(
+                &labels.scope,
+                client.now(),
+                request.deadline,
+                client.next_seed(),
+            )
+        };
         Inflight {
             client: client.clone(),
             call,

@@ -254,7 +254,7 @@ impl Client {
                 outcome: exchange.outcome,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| ChatError::Decode(e.to_string()))
+        serde_json::from_slice(&body).map_err(|e| ChatError::Decode(decode_error(&e)))
     }
 
     /// A streaming chat call: returns once the first bytes arrived (retrying until then).
@@ -290,7 +290,7 @@ impl Client {
     /// Records a request that failed local validation and never left (proxy mode): one attempt with
     /// `error.type = validation_error`, outcome `failed_without_retry`.
     pub fn record_rejected(&self, request: &RawRequest) -> Outcome {
-        let mut run = Inflight::start(self, request);
+        let mut run = Inflight::start(self, request, true);
         run.begin_attempt();
         let d = run.end_attempt(&AttemptResult::Failure(FailureKind::Validation), None, None);
         d.outcome.unwrap_or(Outcome::FailedWithoutRetry)
@@ -299,7 +299,7 @@ impl Client {
     /// Makes a logical call: attempts, decisions, backoff and evidence. Returns the final upstream response if
     /// one arrived (whatever its status), else the [`CallError`].
     pub async fn send(&self, request: RawRequest) -> Result<Exchange, CallError> {
-        let mut run = Inflight::start(self, &request);
+        let mut run = Inflight::start(self, &request, false);
         loop {
             let attempt_cx = run.begin_attempt();
             let timeout = run.attempt_timeout();
@@ -345,6 +345,11 @@ impl Client {
                     if status.is_success() && request.url_template == CHAT_COMPLETIONS {
                         match serde_json::from_slice::<Facts<'_>>(&body) {
                             Ok(f) => f.merge_into(&mut run.facts),
+                            // Valid JSON of an unusual shape (`"choices": null`, a numeric id) is still a
+                            // response: only its facts are lost. Not JSON at all is `invalid_response`.
+                            Err(_)
+                                if serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+                                    .is_ok() => {}
                             Err(_) => result = AttemptResult::Failure(FailureKind::InvalidResponse),
                         }
                     }
@@ -481,7 +486,8 @@ fn failure_kind(e: &reqwest::Error) -> FailureKind {
     if e.is_timeout() {
         return FailureKind::Timeout;
     }
-    let mut source: Option<&dyn std::error::Error> = Some(e);
+    // The sources only: reqwest's own message contains the URL, whose host may well contain "tls".
+    let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let text = s.to_string().to_ascii_lowercase();
         if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
@@ -496,6 +502,17 @@ fn failure_kind(e: &reqwest::Error) -> FailureKind {
     } else {
         FailureKind::Other
     }
+}
+
+/// A serde error described without its message, which may quote the response's content.
+fn decode_error(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "an I/O error",
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Data => "JSON of an unexpected shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
 }
 
 fn protocol_version(v: http::Version) -> Option<&'static str> {

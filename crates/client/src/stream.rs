@@ -2,8 +2,10 @@
 //!
 //! The call commits when its first chunk is handed to the caller; from then on a failure — an error from the
 //! upstream, or a body that ends without `data: [DONE]` — ends the call as `stream_interrupted` and is never
-//! retried. Lines are scanned (not stored) for `[DONE]`, ids, finish reasons and usage.
+//! retried. A stream that stalls longer than the per-attempt timeout between chunks, or runs past the call's
+//! deadline, is cut the same way. Lines are scanned (not stored) for `[DONE]`, ids, finish reasons and usage.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -37,6 +39,9 @@ pub struct ChatStream {
     line: Vec<u8>,
     saw_done: bool,
     outcome: Option<Outcome>,
+    /// When waiting for the next chunk must end: the per-attempt timeout (as an idle limit) bounded by the
+    /// call's deadline, re-armed after every chunk. A stalled upstream can't hold the caller past either.
+    stall: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl std::fmt::Debug for ChatStream {
@@ -55,7 +60,9 @@ impl ChatStream {
         rest: ByteStream,
         version: Option<&'static str>,
     ) -> Self {
+        let stall = Box::pin(tokio::time::sleep(run.attempt_timeout()));
         ChatStream {
+            stall,
             run: Some(run),
             first: Some(first),
             rest,
@@ -121,9 +128,19 @@ impl Stream for ChatStream {
             return Poll::Ready(Some(Ok(first)));
         }
         match this.rest.as_mut().poll_next(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if this.stall.as_mut().poll(cx).is_ready() {
+                    this.finish(&AttemptResult::Failure(FailureKind::Timeout));
+                    return Poll::Ready(Some(Err(StreamError::Interrupted)));
+                }
+                Poll::Pending
+            }
             Poll::Ready(Some(Ok(chunk))) => {
                 this.scan(&chunk);
+                if let Some(run) = &this.run {
+                    let next = tokio::time::Instant::now() + run.attempt_timeout();
+                    this.stall.as_mut().reset(next);
+                }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(_))) => {

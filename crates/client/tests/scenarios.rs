@@ -151,6 +151,15 @@ fn table() -> Vec<Row> {
         Row {
             stream: true,
             ..row(
+                "stream stalling after the first chunk (idle limit = per-attempt timeout)",
+                vec![Step::ok().chunk_delay(Duration::from_secs(30))],
+                Outcome::StreamInterrupted,
+                vec![(Some(200), Some("stream_interrupted"), "stop_committed")],
+            )
+        },
+        Row {
+            stream: true,
+            ..row(
                 "stream failing before its first byte",
                 vec![Step::with_fault(Fault::CloseBeforeHead), Step::ok()],
                 Outcome::SuccessAfterRetry,

@@ -42,6 +42,14 @@ impl Policy {
         &self.budgets
     }
 
+    /// Starts a call that will never reach the upstream (a request refused by local validation), so that its
+    /// evidence is recorded like any other: it neither deposits into nor draws on a shared budget, and claims no
+    /// scope. Its only attempt ends with [`FailureKind::Validation`].
+    pub fn start_local_call(&self, now: Duration, seed: u64) -> Call {
+        let budget = Arc::new(Budget::new("_local", &self.config.budget));
+        self.call_with(budget, now, None, seed)
+    }
+
     /// Starts a logical call in `scope` at `now` (monotonic time since the caller's origin). The first attempt
     /// deposits into the scope's budget. `caller_deadline` (relative to `now`) wins if shorter than the
     /// configured one. `seed` determines every jitter draw of this call.
@@ -54,6 +62,16 @@ impl Policy {
     ) -> Call {
         let budget = self.budgets.get(scope);
         budget.deposit(now);
+        self.call_with(budget, now, caller_deadline, seed)
+    }
+
+    fn call_with(
+        &self,
+        budget: Arc<Budget>,
+        now: Duration,
+        caller_deadline: Option<Duration>,
+        seed: u64,
+    ) -> Call {
         let limit = caller_deadline.map_or(self.config.deadline, |d| d.min(self.config.deadline));
         Call {
             config: Arc::clone(&self.config),

@@ -54,7 +54,7 @@ pub struct Hint {
 }
 
 /// Picks the hint to honour: `retry-after-ms`, then `retry-after`, then (on 429 only, where OpenAI's reset
-/// headers describe the exhausted window) the longer of the two reset headers. Unparsable values are skipped;
+/// headers describe the exhausted window) the earlier of the two reset headers. Unparsable values are skipped;
 /// a zero wait from the first usable header means "normal backoff" and is returned as such.
 pub(crate) fn pick(head: &ResponseHead<'_>, wall_now: SystemTime) -> Option<Hint> {
     if let Some(wait) = head.retry_after_ms.and_then(parse_millis) {
@@ -75,7 +75,13 @@ pub(crate) fn pick(head: &ResponseHead<'_>, wall_now: SystemTime) -> Option<Hint
     if head.status == 429 {
         let requests = head.ratelimit_reset_requests.and_then(parse_go_duration);
         let tokens = head.ratelimit_reset_tokens.and_then(parse_go_duration);
-        if let Some(wait) = requests.max(tokens) {
+        // The earliest window reset: OpenAI sends both on every 429, and the token window's time to a *full*
+        // refill (`6m0s`) says little about when the next request may pass.
+        let earliest = match (requests, tokens) {
+            (Some(r), Some(t)) => Some(r.min(t)),
+            (r, t) => r.or(t),
+        };
+        if let Some(wait) = earliest {
             return Some(Hint {
                 wait,
                 source: DelaySource::RatelimitReset,
@@ -250,13 +256,15 @@ mod tests {
         );
         h.retry_after = None;
         h.ratelimit_reset_tokens = Some("6m0s");
-        assert_eq!(
-            pick(&h, wall()),
+        let reset = |secs| {
             Some(Hint {
-                wait: Duration::from_secs(360),
-                source: DelaySource::RatelimitReset
+                wait: Duration::from_secs(secs),
+                source: DelaySource::RatelimitReset,
             })
-        );
+        };
+        assert_eq!(pick(&h, wall()), reset(20), "the earlier window reset");
+        h.ratelimit_reset_requests = None;
+        assert_eq!(pick(&h, wall()), reset(360));
         h.status = 503;
         assert_eq!(
             pick(&h, wall()),

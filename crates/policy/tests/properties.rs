@@ -14,11 +14,17 @@ use retrybudget_policy::{
 /// One scripted attempt result; strings are `'static` so results can be built from strategies.
 #[derive(Debug, Clone)]
 enum Step {
+    /// status, retry-after, retry-after-ms, error code, (x-should-retry, x-ratelimit-reset-requests, -tokens)
     Status(
         u16,
         Option<&'static str>,
         Option<&'static str>,
         Option<&'static str>,
+        (
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
+        ),
     ),
     Failure(FailureKind),
 }
@@ -26,10 +32,19 @@ enum Step {
 impl Step {
     fn result(&self) -> AttemptResult<'static> {
         match *self {
-            Step::Status(s, retry_after, retry_after_ms, code) => {
+            Step::Status(
+                s,
+                retry_after,
+                retry_after_ms,
+                code,
+                (should_retry, reset_requests, reset_tokens),
+            ) => {
                 let mut h = ResponseHead::status(s).with_error_code(code);
                 h.retry_after = retry_after;
                 h.retry_after_ms = retry_after_ms;
+                h.should_retry = should_retry;
+                h.ratelimit_reset_requests = reset_requests;
+                h.ratelimit_reset_tokens = reset_tokens;
                 AttemptResult::Response(h)
             }
             Step::Failure(k) => AttemptResult::Failure(k),
@@ -51,6 +66,10 @@ fn step() -> impl Strategy<Value = Step> {
         "insufficient_quota",
         "rate_limit_exceeded",
     ]));
+    let should_retry = prop::option::of(prop::sample::select(vec!["true", "false", "maybe"]));
+    let reset = prop::option::of(prop::sample::select(vec![
+        "20ms", "1s", "6m0s", "2h", "bogus",
+    ]));
     let failure = prop::sample::select(vec![
         FailureKind::Connect,
         FailureKind::ConnectionReset,
@@ -60,7 +79,8 @@ fn step() -> impl Strategy<Value = Step> {
         FailureKind::Other,
     ]);
     prop_oneof![
-        4 => (status, retry_after, retry_after_ms, code).prop_map(|(s, a, b, c)| Step::Status(s, a, b, c)),
+        4 => (status, retry_after, retry_after_ms, code, (should_retry, reset.clone(), reset))
+            .prop_map(|(s, a, b, c, d)| Step::Status(s, a, b, c, d)),
         1 => failure.prop_map(Step::Failure),
     ]
 }

@@ -43,6 +43,8 @@ pub struct CallLabels {
     pub url_template: Cow<'static, str>,
     /// `http.request.method`.
     pub method: Cow<'static, str>,
+    /// `gen_ai.operation.name` (see [`gen_ai_operation`]).
+    pub operation: &'static str,
 }
 
 impl CallLabels {
@@ -148,8 +150,11 @@ impl AttemptEvent<'_> {
             http_attrs.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(s)));
         }
         i.attempts.add(1, &attempt_attrs);
-        i.http_duration
-            .record(self.duration.as_secs_f64(), &http_attrs);
+        // A request refused by local validation never left: it has evidence, but no HTTP duration.
+        if self.error_type.as_deref() != Some("validation_error") {
+            i.http_duration
+                .record(self.duration.as_secs_f64(), &http_attrs);
+        }
         if let Some((d, source)) = self.backoff_before {
             i.backoff.record(
                 d.as_secs_f64(),
@@ -333,7 +338,7 @@ impl CallEvent<'_> {
             attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
         }
         let base = [
-            KeyValue::new(GEN_AI_OPERATION_NAME, GEN_AI_OPERATION_CHAT),
+            KeyValue::new(GEN_AI_OPERATION_NAME, l.operation),
             KeyValue::new(GEN_AI_PROVIDER_NAME, l.provider.clone()),
             KeyValue::new(GEN_AI_REQUEST_MODEL, l.model.clone()),
         ];

@@ -60,8 +60,24 @@ pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
 pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
 /// `gen_ai.token.type` (`input` / `output`)
 pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";
-/// The operation we perform.
+/// `gen_ai.operation.name` of chat completions.
 pub const GEN_AI_OPERATION_CHAT: &str = "chat";
+/// `gen_ai.operation.name` of legacy completions.
+pub const GEN_AI_OPERATION_TEXT_COMPLETION: &str = "text_completion";
+/// `gen_ai.operation.name` of embeddings.
+pub const GEN_AI_OPERATION_EMBEDDINGS: &str = "embeddings";
+/// Requests that are no GenAI operation (e.g. listing models).
+pub const GEN_AI_OPERATION_OTHER: &str = "_OTHER";
+
+/// The GenAI operation of an OpenAI-compatible route template.
+pub fn gen_ai_operation(url_template: &str) -> &'static str {
+    match url_template {
+        "/v1/chat/completions" | "/v1/responses" => GEN_AI_OPERATION_CHAT,
+        "/v1/completions" => GEN_AI_OPERATION_TEXT_COMPLETION,
+        "/v1/embeddings" => GEN_AI_OPERATION_EMBEDDINGS,
+        _ => GEN_AI_OPERATION_OTHER,
+    }
+}
 
 // === retrybudget.* ===
 
