@@ -125,7 +125,13 @@ impl TelemetryConfig {
                     "set OTEL_EXPORTER_OTLP_ENDPOINT, or an endpoint for every signal (traces, metrics, logs)".into(),
                 )
             })?;
-            if e.starts_with("http://") || e.starts_with("https://") {
+            if protocol == OtlpProtocol::Grpc && e.starts_with("https://") {
+                Err(TelemetryError::Config(format!(
+                    "OTLP endpoint {e:?}: gRPC over TLS is not built into retrybudget; use \
+                     OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf for an https:// collector, or plain http:// to a \
+                     collector agent on this host"
+                )))
+            } else if e.starts_with("http://") || e.starts_with("https://") {
                 Ok(e)
             } else {
                 Err(TelemetryError::Config(format!(
@@ -246,6 +252,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("grpc"), "{e}");
+        let e = from(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("http/protobuf"), "{e}");
+        assert!(from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")]).is_ok());
         let e = from(&[("OTEL_METRIC_EXPORT_INTERVAL", "soon")])
             .unwrap_err()
             .to_string();
