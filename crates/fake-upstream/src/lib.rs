@@ -142,36 +142,6 @@ impl FakeUpstream {
         self.control.clone()
     }
 
-    /// Appends steps to the script; see [`Control::push`].
-    pub fn push(&self, steps: impl IntoIterator<Item = Step>) {
-        self.control.push(steps);
-    }
-
-    /// Sets the step used when the script is empty; see [`Control::set_default`].
-    pub fn set_default(&self, step: Step) {
-        self.control.set_default(step);
-    }
-
-    /// Sets the load mode; see [`Control::set_load`].
-    pub fn set_load(&self, mode: LoadMode) {
-        self.control.set_load(mode);
-    }
-
-    /// Clears script, default, load mode, records and count.
-    pub fn reset(&self) {
-        self.control.reset();
-    }
-
-    /// How many `/v1/*` attempts arrived since start or the last reset.
-    pub fn attempts(&self) -> usize {
-        self.control.attempts()
-    }
-
-    /// The recorded attempts, oldest first.
-    pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.control.requests()
-    }
-
     /// Stops accepting, closes every open connection (even mid-answer) and waits for that.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -180,6 +150,15 @@ impl FakeUpstream {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+}
+
+/// Scripting and inspection go through the [`Control`] handle: `upstream.push(..)`, `upstream.attempts()`.
+impl std::ops::Deref for FakeUpstream {
+    type Target = Control;
+
+    fn deref(&self) -> &Control {
+        &self.control
     }
 }
 

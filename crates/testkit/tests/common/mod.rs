@@ -62,64 +62,39 @@ impl Default for ExportSettings {
     }
 }
 
+/// One builder chain per transport, the same for every signal (`$path` is the HTTP signal path).
+macro_rules! exporter {
+    ($kind:ident, $target:expr, $s:expr, $path:literal) => {
+        match $target {
+            Target::Grpc(endpoint) => $kind::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .with_timeout($s.timeout)
+                .with_retry_policy($s.retry.clone())
+                .build()
+                .unwrap(),
+            Target::Http(base) => $kind::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(format!("{base}{}", $path))
+                .with_timeout($s.timeout)
+                .with_retry_policy($s.retry.clone())
+                .build()
+                .unwrap(),
+        }
+    };
+}
+
 pub(crate) fn span_exporter(target: &Target, s: &ExportSettings) -> SpanExporter {
-    match target {
-        Target::Grpc(endpoint) => SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(s.timeout)
-            .with_retry_policy(s.retry.clone())
-            .build()
-            .unwrap(),
-        Target::Http(base) => SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(format!("{base}/v1/traces"))
-            .with_timeout(s.timeout)
-            .with_retry_policy(s.retry.clone())
-            .build()
-            .unwrap(),
-    }
+    exporter!(SpanExporter, target, s, "/v1/traces")
 }
 
 pub(crate) fn metric_exporter(target: &Target, s: &ExportSettings) -> MetricExporter {
-    match target {
-        Target::Grpc(endpoint) => MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(s.timeout)
-            .with_retry_policy(s.retry.clone())
-            .build()
-            .unwrap(),
-        Target::Http(base) => MetricExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(format!("{base}/v1/metrics"))
-            .with_timeout(s.timeout)
-            .with_retry_policy(s.retry.clone())
-            .build()
-            .unwrap(),
-    }
+    exporter!(MetricExporter, target, s, "/v1/metrics")
 }
 
 pub(crate) fn log_exporter(target: &Target, s: &ExportSettings) -> LogExporter {
-    match target {
-        Target::Grpc(endpoint) => LogExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(s.timeout)
-            .with_retry_policy(s.retry.clone())
-            .build()
-            .unwrap(),
-        Target::Http(base) => LogExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(format!("{base}/v1/logs"))
-            .with_timeout(s.timeout)
-            .with_retry_policy(s.retry.clone())
-            .build()
-            .unwrap(),
-    }
+    exporter!(LogExporter, target, s, "/v1/logs")
 }
 
 fn resource() -> Resource {
