@@ -106,7 +106,9 @@ _GRAFANA_SUBSTITUTIONS = [
     (_variable("__interval"), "15s"),
     (_variable("__range"), "5m"),
     (_variable("__tags"), ""),  # tracesToMetrics: the label matchers built from span attributes
-    (_variable("route|provider|model"), ".*"),
+    # `.+` rather than `.*`: a filter on a label the metric does not carry then matches nothing, and the live
+    # test catches it (`.*` would also match series without the label).
+    (_variable("route|provider|model"), ".+"),
 ]
 
 

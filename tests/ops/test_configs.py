@@ -567,7 +567,7 @@ def test_metric_name_parser():
 
 
 def test_grafana_substitution_and_threshold_split():
-    assert promql.grafana_to_promql('rate(x{r=~"$route",m=~"${model}"}[$__rate_interval])') == 'rate(x{r=~".*",m=~".*"}[1m])'
+    assert promql.grafana_to_promql('rate(x{r=~"$route",m=~"${model}"}[$__rate_interval])') == 'rate(x{r=~".+",m=~".+"}[1m])'
     with pytest.raises(ValueError):
         promql.grafana_to_promql('x{a="$unknown"}')
     assert promql.split_threshold("min by (a) (x) == 0") == ("min by (a) (x)", "==", 0.0)
