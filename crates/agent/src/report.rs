@@ -19,6 +19,8 @@ use crate::cli::ReportArgs;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Summary {
     pub(crate) calls_by_outcome: BTreeMap<String, u64>,
+    /// Calls started: lines with `retry_attempt` 0 (every call has exactly one).
+    pub(crate) calls_started: u64,
     pub(crate) attempts: u64,
     pub(crate) attempts_by_decision: BTreeMap<String, u64>,
     pub(crate) attempts_by_error_type: BTreeMap<String, u64>,
@@ -31,6 +33,12 @@ pub(crate) struct Summary {
 impl Summary {
     pub(crate) fn calls(&self) -> u64 {
         self.calls_by_outcome.values().sum()
+    }
+
+    /// Calls with a first attempt but no terminal record: their caller went away during a backoff sleep (or
+    /// the process was cut off), so no attempt was left to carry the outcome.
+    pub(crate) fn calls_without_terminal_record(&self) -> u64 {
+        self.calls_started.saturating_sub(self.calls())
     }
 
     /// Attempts per call; `None` without calls.
@@ -74,6 +82,9 @@ impl Summary {
         if let Some(outcome) = text("terminal_outcome") {
             *self.calls_by_outcome.entry(outcome).or_default() += 1;
         }
+        if obj.get("retry_attempt").and_then(Value::as_u64) == Some(0) {
+            self.calls_started += 1;
+        }
         if decision.starts_with("stop_") {
             *self.stop_reasons.entry(decision.clone()).or_default() += 1;
         }
@@ -95,6 +106,7 @@ impl Summary {
         json!({
             "calls": self.calls(),
             "calls_by_outcome": self.calls_by_outcome,
+            "calls_without_terminal_record": self.calls_without_terminal_record(),
             "attempts": self.attempts,
             "attempts_by_decision": self.attempts_by_decision,
             "attempts_by_error_type": self.attempts_by_error_type,
@@ -116,6 +128,12 @@ impl Summary {
             self.calls()
         ));
         push_counts(&mut out, &self.calls_by_outcome);
+        let unfinished = self.calls_without_terminal_record();
+        if unfinished > 0 {
+            out.push_str(&format!(
+                "  (+{unfinished} call(s) without a terminal record: caller gone during a backoff, or cut off)\n"
+            ));
+        }
         out.push_str(&format!("\nAttempts: {}\n", self.attempts));
         out.push_str("Attempts by decision\n");
         push_counts(&mut out, &self.attempts_by_decision);
@@ -217,6 +235,33 @@ pub(crate) fn run(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn calls_without_a_terminal_record_are_reported() {
+        let mut s = Summary::default();
+        for l in [
+            // a call that retried, then its caller went away during the backoff
+            r#"{"retry_attempt":0,"decision":"retry","error_type":"503"}"#,
+            // a call that finished
+            r#"{"retry_attempt":0,"decision":"retry","error_type":"503"}"#,
+            r#"{"retry_attempt":1,"decision":"done","terminal_outcome":"success_after_retry"}"#,
+        ] {
+            s.add_line(l).unwrap();
+        }
+        assert_eq!(
+            (
+                s.calls(),
+                s.calls_started,
+                s.calls_without_terminal_record()
+            ),
+            (1, 2, 1)
+        );
+        assert!(
+            s.to_text(Path::new("x"))
+                .contains("+1 call(s) without a terminal record")
+        );
+        assert_eq!(s.to_json()["calls_without_terminal_record"], 1);
+    }
 
     #[test]
     fn counts_calls_attempts_and_budget_window() {
