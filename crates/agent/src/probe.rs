@@ -11,15 +11,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use clap::ArgMatches;
 use retrybudget_client::{ChatRequest, Client, ClientConfig};
 use retrybudget_policy::PolicyConfig;
-use retrybudget_telemetry::Telemetry;
 use serde::Deserialize;
 
 use crate::cli::ProbeArgs;
@@ -40,24 +34,6 @@ struct ProbeFile {
 
 /// The probe's check name, as recorded in `retrybudget_probe_success{check=…}`.
 pub(crate) const CHECK: &str = "happy_path";
-
-/// `/metrics` and `/healthz` for a telemetry pipeline.
-pub(crate) fn metrics_app(telemetry: Telemetry) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(telemetry)
-}
-
-async fn metrics(State(telemetry): State<Telemetry>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        telemetry.prometheus_text(),
-    )
-}
 
 /// `retrybudget probe`.
 pub(crate) async fn run(
@@ -138,12 +114,15 @@ pub(crate) async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, metrics_app(telemetry.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await
-            .map(|()| telemetry)
+        axum::serve(
+            listener,
+            retrybudget_proxy::observability::<()>(telemetry.clone()),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        })
+        .await
+        .map(|()| telemetry)
     });
 
     let mut ticker = tokio::time::interval(interval.value);

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, header, request::Parts};
 use retrybudget_client::{CHAT_COMPLETIONS, RawRequest};
-use retrybudget_telemetry::extract_traceparent;
+use retrybudget_telemetry::{Telemetry, extract_traceparent};
 
 use crate::ProxyState;
 use crate::request::{self, BodyError, TRACEPARENT};
@@ -19,8 +19,8 @@ use crate::response::{self, ServerSpan};
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// `GET /metrics`: every instrument in the Prometheus text format.
-pub(crate) async fn metrics(State(state): State<ProxyState>) -> Response {
-    let text = state.client().telemetry().prometheus_text();
+pub(crate) async fn metrics(State(telemetry): State<Telemetry>) -> Response {
+    let text = telemetry.prometheus_text();
     (
         [(
             header::CONTENT_TYPE,

@@ -54,6 +54,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{any, get, post};
 use retrybudget_client::{CHAT_COMPLETIONS, Client};
+use retrybudget_telemetry::Telemetry;
 
 pub use response::{ATTEMPTS_HEADER, OUTCOME_HEADER, STREAM_INTERRUPTED_EVENT};
 
@@ -103,11 +104,19 @@ impl ProxyState {
     }
 }
 
-/// The proxy's routes, ready for `axum::serve` or for `tower::ServiceExt::oneshot` in tests.
-pub fn app(state: ProxyState) -> Router {
+/// `GET /metrics` (the Prometheus exposition of `telemetry`) and `GET /healthz`: the proxy's, and on their own
+/// for commands that serve only metrics (`retrybudget probe`).
+pub fn observability<S>(telemetry: Telemetry) -> Router<S> {
     Router::new()
         .route("/metrics", get(handler::metrics))
         .route("/healthz", get(handler::healthz))
+        .with_state(telemetry)
+}
+
+/// The proxy's routes, ready for `axum::serve` or for `tower::ServiceExt::oneshot` in tests.
+pub fn app(state: ProxyState) -> Router {
+    Router::new()
+        .merge(observability(state.client().telemetry().clone()))
         // Other methods on the chat path (e.g. listing stored completions) are forwarded like any `/v1/*`.
         .route(
             CHAT_COMPLETIONS,
