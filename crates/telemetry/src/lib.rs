@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod evidence;
+mod evidence_file;
 pub mod export;
 pub mod labels;
 pub mod names;
