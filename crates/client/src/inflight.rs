@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
 use retrybudget_policy::{AttemptResult, Call, Decision};
-use retrybudget_telemetry::names::*;
 use retrybudget_telemetry::labels::model_for_span;
+use retrybudget_telemetry::names::*;
 use retrybudget_telemetry::redact::redact_url;
 use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
 

@@ -264,7 +264,8 @@ async fn hang_under_load(protocol: OtlpProtocol) {
         first[2]
     );
     for (i, name) in ["traces", "logs", "metrics"].into_iter().enumerate() {
-        let at = first[i].unwrap_or_else(|| panic!("{protocol:?}: no {name} drop within {limit:?}"));
+        let at =
+            first[i].unwrap_or_else(|| panic!("{protocol:?}: no {name} drop within {limit:?}"));
         // Metric points wait for one export timeout; spans and logs only for their queue to fill.
         let bound = if name == "metrics" {
             timeout + Duration::from_secs(5)

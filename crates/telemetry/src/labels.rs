@@ -17,9 +17,9 @@ use crate::names::{MODEL_INVALID, MODEL_MAX_LEN, MODEL_OTHER, MODEL_UNKNOWN};
 pub fn model_is_valid(model: &str) -> bool {
     !model.is_empty()
         && model.len() <= MODEL_MAX_LEN
-        && model
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'@' | b'-'))
+        && model.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'@' | b'-')
+        })
 }
 
 /// The model id as spans may show it (one span per request, so no cardinality limit): the id itself if valid,
@@ -76,7 +76,10 @@ impl ModelLabels {
 
     /// Distinct model ids kept so far.
     pub fn len(&self) -> usize {
-        self.seen.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.seen
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether no model id was kept yet.
