@@ -7,6 +7,8 @@
 //! - [`labels`]: caller-chosen model ids turned into bounded metric labels and budget scopes.
 //! - [`evidence`]: [`AttemptEvent`] and [`CallEvent`], whose one `emit` writes span attributes, log record,
 //!   metrics and evidence line together.
+//! - [`record`]: [`EvidenceRecord`], the JSONL evidence line: written by the evidence writer, read by
+//!   `retrybudget report` and `smoke`.
 //!
 //! This crate must never record content: no API key, prompt, completion, full body or upstream error message
 //! ever reaches an event type, so none can reach an exporter.
@@ -19,6 +21,7 @@ pub mod labels;
 pub mod names;
 mod pipeline;
 mod propagation;
+pub mod record;
 pub mod redact;
 
 pub use config::{OtlpConfig, OtlpProtocol, TelemetryConfig};
@@ -26,6 +29,7 @@ pub use evidence::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
 pub use labels::ModelLabels;
 pub use pipeline::Telemetry;
 pub use propagation::{extract_traceparent, traceparent};
+pub use record::EvidenceRecord;
 
 /// Why the telemetry pipeline could not start.
 #[derive(Debug, thiserror::Error)]
