@@ -1,5 +1,6 @@
 """The official openai Python SDK, retries off, as the client of a running `retrybudget proxy`."""
 import json
+import os
 import time
 import urllib.request
 
@@ -97,7 +98,8 @@ def test_sdk_retry_header_is_seen_and_evidence_has_no_key(sdk, stack):
     sdk.chat.completions.create(model="fake-model", messages=MSG)
     seen = control(stack, "GET", "/_control/requests")["requests"][-1]["headers"]
     assert "x-stainless-retry-count" in seen  # the SDK's own header reached the upstream
-    assert seen.get("authorization") == "Bearer sk-test-not-a-real-key"  # forwarded, never recorded
+    # Forwarded (the fake shows its length only: /_control/requests never hands out credentials).
+    assert seen.get("authorization") == "[redacted; %d bytes]" % len("Bearer sk-test-not-a-real-key")
     with urllib.request.urlopen(stack["proxy"] + "/metrics", timeout=5) as r:
         metrics = r.read().decode()
     assert "retrybudget_calls_total" in metrics
@@ -111,3 +113,78 @@ def test_sdk_retry_header_is_seen_and_evidence_has_no_key(sdk, stack):
         time.sleep(0.05)
     assert evidence, "the proxy wrote evidence lines"
     assert "sk-test-not-a-real-key" not in evidence and "Say OK." not in evidence
+
+
+# --- leak scan: fragments of every canary, over every output the stack writes --------------------------------
+
+CANARY_KEY = "sk-canary-5e2b9d4f7a1c3e8b"
+CANARY_PROMPT = "canary-prompt-9c4e1a7d3b5f"
+# The fake upstream's fixed reply, streamed in pieces ("This is a ", "reply from the ", ...).
+REPLY = "This is a reply from the retrybudget fake upstream."
+
+
+def fragments(canary, length):
+    """Every substring of `length` characters: a truncated key or one streamed piece of a reply is caught."""
+    return {canary[i:i + length] for i in range(len(canary) - length + 1)}
+
+
+def leaks(text, canaries):
+    return sorted({f for c, n in canaries for f in fragments(c, n) if f in text})
+
+
+def test_fragments_are_found():
+    # The scan itself: a truncated key and one streamed piece are found, clean text is not.
+    secrets = [(CANARY_KEY, 10), (REPLY, 12)]
+    assert leaks("auth=" + CANARY_KEY[:12], secrets)
+    assert leaks("chunk: reply from the ", secrets)
+    assert not leaks("retrybudget_calls_total{retrybudget_outcome=\"success\"} 3", secrets)
+
+
+def evidence_lines(stack):
+    with open(stack["evidence"]) as f:
+        return f.read().count("\n")
+
+
+def test_canaries_leak_nowhere(stack):
+    control(stack, "POST", "/_control/reset")
+    sdk = openai.OpenAI(base_url=stack["proxy"] + "/v1", api_key=CANARY_KEY, max_retries=0, timeout=30)
+    msg = [{"role": "user", "content": CANARY_PROMPT}]
+    before = evidence_lines(stack)
+    received = []
+    control(stack, "POST", "/_control/script", [{"status": 503}, {"status": 200}, {"status": 400}])
+    raw = sdk.chat.completions.with_raw_response.create(model="fake-model", messages=msg)
+    received.append(raw.http_response.text)
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.chat.completions.create(model="fake-model", messages=msg)
+    received.append(err.value.response.text)
+    with pytest.raises(openai.BadRequestError) as err:  # refused locally: no messages
+        sdk.chat.completions.create(model="fake-model", messages=[], extra_body={"note": CANARY_PROMPT})
+    received.append(err.value.response.text)
+    stream = sdk.chat.completions.create(model="fake-model", messages=msg, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == REPLY, "the reply canary is live"
+    # The canaries are live: the key reached the upstream (its length shows), the prompt was sent.
+    seen = control(stack, "GET", "/_control/requests")["requests"]
+    assert seen[0]["headers"]["authorization"] == "[redacted; %d bytes]" % len("Bearer " + CANARY_KEY)
+    assert all(r["body_len"] > len(CANARY_PROMPT) for r in seen)
+    # Never scan before the evidence exists: 2 attempts + 1 + 1 local refusal + 1 stream = 5 new lines.
+    deadline = time.time() + 10
+    while evidence_lines(stack) < before + 5 and time.time() < deadline:
+        time.sleep(0.05)
+    assert evidence_lines(stack) >= before + 5, "the evidence lines of these calls were written"
+    with urllib.request.urlopen(stack["proxy"] + "/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert "retrybudget_calls_total" in metrics
+    outputs = {"/metrics": metrics}
+    with open(stack["evidence"]) as f:
+        outputs["evidence"] = f.read()
+    for name in ("proxy.out", "proxy.err", "upstream.out", "upstream.err"):
+        with open(os.path.join(stack["logs"], name), errors="replace") as f:
+            outputs[name] = f.read()
+    secrets = [(CANARY_KEY, 10), (CANARY_PROMPT, 10), (REPLY, 12)]
+    for name, text in outputs.items():
+        found = leaks(text, secrets)
+        assert not found, f"canary fragments {found} found in {name}"
+    for i, body in enumerate(received):
+        found = leaks(body, [(CANARY_KEY, 10), (CANARY_PROMPT, 10)])
+        assert not found, f"canary fragments {found} in the SDK's received body #{i}"

@@ -171,12 +171,30 @@ struct Ctx {
     model: String,
 }
 
+/// Which upstream a check talks to: only the operator's own gets the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The `--base-url` the operator named: the key (if any) is sent.
+    Operator,
+    /// A fake upstream started by this process: never sent a key, whatever was configured.
+    BuiltInFake,
+}
+
 impl Ctx {
-    fn client(&self, base_url: &str, route: &str, policy: PolicyConfig) -> anyhow::Result<Client> {
+    fn client(
+        &self,
+        base_url: &str,
+        route: &str,
+        policy: PolicyConfig,
+        target: Target,
+    ) -> anyhow::Result<Client> {
         let mut config = ClientConfig::new(base_url);
         config.route_name = route.to_owned();
         config.policy = policy;
-        config.api_key = self.key.clone();
+        config.api_key = match target {
+            Target::Operator => self.key.clone(),
+            Target::BuiltInFake => None,
+        };
         Client::new(config, self.telemetry.clone()).map_err(|e| usage(format!("{e} (--base-url)")))
     }
 
@@ -271,15 +289,40 @@ fn row_str<'a>(row: Option<&'a Value>, key: &str) -> &'a str {
         .unwrap_or("-")
 }
 
+/// The built-in fake must never have been handed a credential: it is not the operator's upstream.
+fn no_credential_sent(recorded: &[retrybudget_fake_upstream::RecordedRequest]) -> Assertion {
+    let with_credentials = recorded
+        .iter()
+        .filter(|r| {
+            retrybudget_fake_upstream::CREDENTIAL_HEADERS
+                .iter()
+                .any(|h| r.header(h).is_some())
+        })
+        .count();
+    assert(
+        "no credential sent to the built-in fake upstream",
+        !recorded.is_empty() && with_credentials == 0,
+        format!(
+            "{with_credentials} of {} request(s) carried a credential header",
+            recorded.len()
+        ),
+    )
+}
+
 // === the checks ===
 
-async fn happy_path(ctx: &mut Ctx, base_url: &str, route: &str) -> anyhow::Result<Check> {
+async fn happy_path(
+    ctx: &mut Ctx,
+    base_url: &str,
+    route: &str,
+    target: Target,
+) -> anyhow::Result<Check> {
     let policy = PolicyConfig {
         deadline: Duration::from_secs(60),
         per_attempt_timeout: Some(Duration::from_secs(30)),
         ..PolicyConfig::default()
     };
-    let client = ctx.client(base_url, route, policy)?;
+    let client = ctx.client(base_url, route, policy, target)?;
     let request = ChatRequest::user(ctx.model.clone(), HAPPY_PROMPT);
     let result = client.chat(&request).await;
     let rows = ctx.tail.take(&ctx.telemetry);
@@ -339,13 +382,18 @@ fn invalid_request(model: &str) -> ChatRequest {
     request
 }
 
-async fn validation_path(ctx: &mut Ctx, base_url: &str, route: &str) -> anyhow::Result<Check> {
+async fn validation_path(
+    ctx: &mut Ctx,
+    base_url: &str,
+    route: &str,
+    target: Target,
+) -> anyhow::Result<Check> {
     let policy = PolicyConfig {
         deadline: Duration::from_secs(60),
         per_attempt_timeout: Some(Duration::from_secs(30)),
         ..PolicyConfig::default()
     };
-    let client = ctx.client(base_url, route, policy)?;
+    let client = ctx.client(base_url, route, policy, target)?;
     let result = client.chat(&invalid_request(&ctx.model)).await;
     let rows = ctx.tail.take(&ctx.telemetry);
     let last = rows.last();
@@ -420,6 +468,7 @@ async fn retry_path(ctx: &mut Ctx) -> anyhow::Result<Check> {
         &upstream.base_url(),
         "fake_upstream_chat_completions",
         policy,
+        Target::BuiltInFake,
     )?;
     let request = ChatRequest::user(ctx.model.clone(), HAPPY_PROMPT);
     let result = client.chat(&request).await;
@@ -460,6 +509,7 @@ async fn retry_path(ctx: &mut Ctx) -> anyhow::Result<Check> {
             min_gap.as_millis()
         ),
     ));
+    assertions.push(no_credential_sent(&recorded));
     let decision = row_str(last, "decision");
     assertions.push(assert(
         "stops after the allowance",
@@ -577,14 +627,20 @@ pub(crate) async fn run(
             .await
             .context("cannot start the built-in fake upstream on 127.0.0.1")?;
         let url = upstream.base_url();
-        checks.push(happy_path(&mut ctx, &url, "fake_upstream_chat_completions").await?);
+        let route = "fake_upstream_chat_completions";
+        checks.push(happy_path(&mut ctx, &url, route, Target::BuiltInFake).await?);
         // The fake upstream does not validate bodies: script the rejection a real API would give.
         upstream.push([Step::status(400).error_code("invalid_request")]);
-        checks.push(validation_path(&mut ctx, &url, "fake_upstream_chat_completions").await?);
+        checks.push(validation_path(&mut ctx, &url, route, Target::BuiltInFake).await?);
+        let recorded = upstream.requests();
         upstream.shutdown().await;
+        if let Some(check) = checks.last_mut() {
+            check.assertions.push(no_credential_sent(&recorded));
+        }
     } else if let Some(url) = &base_url {
-        checks.push(happy_path(&mut ctx, &url.value, "chat_completions").await?);
-        checks.push(validation_path(&mut ctx, &url.value, "chat_completions").await?);
+        let route = "chat_completions";
+        checks.push(happy_path(&mut ctx, &url.value, route, Target::Operator).await?);
+        checks.push(validation_path(&mut ctx, &url.value, route, Target::Operator).await?);
     }
     checks.push(retry_path(&mut ctx).await?);
 

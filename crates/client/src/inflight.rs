@@ -5,15 +5,16 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry::trace::SpanKind;
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry::{Context, KeyValue};
 use retrybudget_policy::{AttemptResult, Call, Decision};
 use retrybudget_telemetry::labels::model_for_span;
 use retrybudget_telemetry::names::*;
-use retrybudget_telemetry::redact::redact_url;
 use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
 
-use crate::Client;
+use crate::{Client, FinishReasons};
 
 pub(crate) struct Inflight {
     client: Client,
@@ -26,7 +27,10 @@ pub(crate) struct Inflight {
     backoff_before: Option<(Duration, &'static str)>,
     client_retry_count: Option<u32>,
     pub(crate) facts: ResponseFacts,
+    finish: FinishReasons,
     pub(crate) last_status: Option<u16>,
+    /// Refused before it could leave: evidence and metrics, but no CLIENT span (nothing went on the wire).
+    local: bool,
     done: bool,
 }
 
@@ -82,9 +86,17 @@ impl Inflight {
         } else {
             format!("{} {span_model}", labels.operation)
         };
-        let call_cx = inner
-            .telemetry
-            .start_span(&request.parent, name, SpanKind::Client, attrs);
+        let call_cx = if local {
+            // CLIENT spans are requests that went on the wire. The evidence of a refused request still needs a
+            // trace and span id: those of the parent (the proxy's SERVER span), through a context whose span
+            // does not record, so emitting never touches or ends the parent.
+            let _ = (name, attrs);
+            local_context(&request.parent, client)
+        } else {
+            inner
+                .telemetry
+                .start_span(&request.parent, name, SpanKind::Client, attrs)
+        };
         let call = if local {
             inner
                 .policy
@@ -100,15 +112,12 @@ impl Inflight {
         Inflight {
             client: client.clone(),
             call,
-            // The base is redacted once per client; only a path with a query needs the parser again.
-            url_full: if request.path.contains('?') {
-                redact_url(&format!("{}{}", inner.base, request.path))
-            } else {
-                inner
-                    .redacted_base
-                    .as_ref()
-                    .map(|b| format!("{b}{}", request.path))
-            },
+            // The redacted base + the route template: never the caller's own path or query, which can carry
+            // anything (ids, keys in query strings, encoded tricks).
+            url_full: inner
+                .redacted_base
+                .as_ref()
+                .map(|b| format!("{b}{}", request.url_template)),
             labels,
             call_cx,
             attempt: None,
@@ -116,7 +125,9 @@ impl Inflight {
             backoff_before: None,
             client_retry_count: request.client_retry_count,
             facts: ResponseFacts::default(),
+            finish: FinishReasons::default(),
             last_status: None,
+            local,
             done: false,
         }
     }
@@ -133,8 +144,17 @@ impl Inflight {
         self.call.commit();
     }
 
+    /// Adds a response's (or stream chunk's) facts.
+    pub(crate) fn merge_facts(&mut self, facts: crate::Facts<'_>) {
+        facts.merge_into(&mut self.facts, &mut self.finish);
+    }
+
     /// Opens the attempt's span and returns its context (for `traceparent`).
     pub(crate) fn begin_attempt(&mut self) -> Context {
+        if self.local {
+            self.attempt = Some((self.call_cx.clone(), Instant::now()));
+            return self.call_cx.clone();
+        }
         let l = &self.labels;
         let mut attrs = l.http_attributes();
         if let Some(u) = &self.url_full {
@@ -207,6 +227,7 @@ impl Inflight {
         self.done = true;
         let Some(outcome) = d.outcome else { return };
         let (_, backoff_total) = self.call.backoff();
+        self.facts.finish_reasons = self.finish.to_vec();
         let has_facts = self.facts.id.is_some() || self.facts.input_tokens.is_some();
         CallEvent {
             labels: &self.labels,
@@ -228,6 +249,23 @@ impl Inflight {
         }
         .emit(&self.client.inner.telemetry, &self.call_cx);
     }
+}
+
+/// A context carrying `parent`'s span context (or fresh ids when there is none) in a span that records nothing.
+fn local_context(parent: &Context, client: &Client) -> Context {
+    let sc = parent.span().span_context().clone();
+    if sc.is_valid() {
+        return Context::new().with_remote_span_context(sc);
+    }
+    let trace = (u128::from(client.next_seed()) << 64) | u128::from(client.next_seed());
+    let span = client.next_seed();
+    Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from(trace.max(1)),
+        SpanId::from(span.max(1)),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    ))
 }
 
 impl Drop for Inflight {

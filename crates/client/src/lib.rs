@@ -11,6 +11,7 @@
 
 mod error;
 mod inflight;
+pub mod sse;
 mod stream;
 mod types;
 
@@ -74,7 +75,9 @@ impl ClientConfig {
 }
 
 /// A request as the proxy (or [`Client::chat`]) hands it over: bytes in, bytes out.
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows header names and the body's length only: headers carry credentials, the body the prompt.
+#[derive(Clone)]
 pub struct RawRequest {
     /// HTTP method.
     pub method: Method,
@@ -122,8 +125,7 @@ impl RawRequest {
     }
 }
 
-/// The final response of a logical call.
-#[derive(Debug)]
+/// The final response of a logical call (`Debug` shows header names and body sizes only).
 pub struct Exchange {
     /// Status of the final upstream response.
     pub status: StatusCode,
@@ -138,12 +140,55 @@ pub struct Exchange {
 }
 
 /// A buffered body or a live stream.
-#[derive(Debug)]
 pub enum ExchangeBody {
     /// The whole body.
     Full(Bytes),
     /// SSE bytes, passed on as they arrive.
     Stream(Box<ChatStream>),
+}
+
+/// Header names, never values (which may be credentials).
+struct HeaderNames<'a>(&'a HeaderMap);
+
+impl std::fmt::Debug for HeaderNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.keys().map(|k| k.as_str()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RawRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRequest")
+            .field("method", &self.method)
+            .field("url_template", &self.url_template)
+            .field("header_names", &HeaderNames(&self.headers))
+            .field("body_len", &self.body.len())
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("status", &self.status)
+            .field("header_names", &HeaderNames(&self.headers))
+            .field("body", &self.body)
+            .field("attempts", &self.attempts)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ExchangeBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            ExchangeBody::Stream(s) => f.debug_tuple("Stream").field(s).finish(),
+        }
+    }
 }
 
 /// The client. Cheap to clone; clones share connections, budgets and telemetry.
@@ -175,7 +220,9 @@ impl Client {
     /// Builds a client; registers the budget gauge with `telemetry`.
     pub fn new(config: ClientConfig, telemetry: Telemetry) -> Result<Client, ClientError> {
         let bad = |reason: &str| ClientError::BaseUrl {
-            url: config.base_url.clone(),
+            // Errors are printed: never with userinfo or a key in the query.
+            url: retrybudget_telemetry::redact::redact_url(&config.base_url)
+                .unwrap_or_else(|| "(unparsable URL, not shown)".to_owned()),
             reason: reason.to_owned(),
         };
         let url = url::Url::parse(&config.base_url).map_err(|e| bad(&e.to_string()))?;
@@ -356,7 +403,7 @@ impl Client {
                     let mut result = AttemptResult::Response(head);
                     if status.is_success() && request.url_template == CHAT_COMPLETIONS {
                         match serde_json::from_slice::<Facts<'_>>(&body) {
-                            Ok(f) => f.merge_into(&mut run.facts),
+                            Ok(f) => run.merge_facts(f),
                             // Valid JSON of an unusual shape (`"choices": null`, a numeric id) is still a
                             // response: only its facts are lost. Not JSON at all is `invalid_response`.
                             Err(_)
@@ -553,6 +600,8 @@ pub(crate) struct Facts<'a> {
 
 #[derive(serde::Deserialize)]
 struct ChoiceFacts<'a> {
+    #[serde(default)]
+    index: Option<u32>,
     #[serde(borrow, default)]
     finish_reason: Option<std::borrow::Cow<'a, str>>,
 }
@@ -565,20 +614,58 @@ struct UsageFacts {
     completion_tokens: Option<u64>,
 }
 
+/// Most choices whose finish reason a call keeps (`n` is small in practice; an upstream must not make it grow).
+pub const MAX_CHOICES: usize = 16;
+/// Longest response id, model or finish reason kept; longer or non-plain values are dropped.
+const MAX_FACT_LEN: usize = 128;
+
+/// A fact from the upstream, kept only if short and plain (it is exported, and the upstream is not trusted).
+fn plain(s: std::borrow::Cow<'_, str>) -> Option<String> {
+    (s.len() <= MAX_FACT_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\')))
+    .then(|| s.into_owned())
+}
+
+/// The last finish reason of each choice, for at most [`MAX_CHOICES`] choices: bounded whatever a stream sends.
+#[derive(Debug, Default)]
+pub(crate) struct FinishReasons(Vec<(u32, String)>);
+
+impl FinishReasons {
+    fn set(&mut self, choice: u32, reason: String) {
+        if let Some(slot) = self.0.iter_mut().find(|(i, _)| *i == choice) {
+            slot.1 = reason;
+        } else if self.0.len() < MAX_CHOICES {
+            self.0.push((choice, reason));
+        }
+    }
+
+    /// In choice order.
+    pub(crate) fn to_vec(&self) -> Vec<String> {
+        let mut v = self.0.clone();
+        v.sort_by_key(|(i, _)| *i);
+        v.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
 impl Facts<'_> {
-    /// Adds these facts to `facts` (ids and model from the first chunk that has them, usage from the last).
-    pub(crate) fn merge_into(self, facts: &mut ResponseFacts) {
+    /// Adds these facts (ids and model from the first chunk that has them, usage and each choice's finish
+    /// reason from the last).
+    pub(crate) fn merge_into(self, facts: &mut ResponseFacts, finish: &mut FinishReasons) {
         if facts.id.is_none() {
-            facts.id = self.id.map(|s| s.into_owned());
+            facts.id = self.id.and_then(plain);
         }
         if facts.model.is_none() {
-            facts.model = self.model.map(|s| s.into_owned());
+            facts.model = self.model.and_then(plain);
         }
-        facts.finish_reasons.extend(
-            self.choices
-                .into_iter()
-                .filter_map(|c| c.finish_reason.map(|r| r.into_owned())),
-        );
+        for (position, c) in self.choices.into_iter().enumerate() {
+            let choice = c
+                .index
+                .unwrap_or(u32::try_from(position).unwrap_or(u32::MAX));
+            if let Some(reason) = c.finish_reason.and_then(plain) {
+                finish.set(choice, reason);
+            }
+        }
         if let Some(u) = self.usage {
             facts.input_tokens = u.prompt_tokens;
             facts.output_tokens = u.completion_tokens;

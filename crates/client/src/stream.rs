@@ -3,7 +3,8 @@
 //! The call commits when its first chunk is handed to the caller; from then on a failure — an error from the
 //! upstream, or a body that ends without `data: [DONE]` — ends the call as `stream_interrupted` and is never
 //! retried. A stream that stalls longer than the per-attempt timeout between chunks, or runs past the call's
-//! deadline, is cut the same way. Lines are scanned (not stored) for `[DONE]`, ids, finish reasons and usage.
+//! deadline, is cut the same way. Lines are scanned (not stored; see [`crate::sse`]) for `[DONE]`, ids, finish
+//! reasons and usage; only the last finish reason of each choice is kept.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use retrybudget_policy::{AttemptResult, FailureKind, Outcome, ResponseHead};
 
 use crate::ByteStream;
 use crate::inflight::Inflight;
+use crate::sse::{SseLine, SseLines, classify};
 
 /// Why a stream ended early.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,17 +28,13 @@ pub enum StreamError {
     Interrupted,
 }
 
-/// Longest SSE line kept for scanning; longer lines are skipped (they can't be a terminator or a usage chunk
-/// we would trust anyway).
-const MAX_LINE: usize = 1 << 20;
-
 /// SSE bytes of a committed streaming call.
 pub struct ChatStream {
     run: Option<Inflight>,
     first: Option<Bytes>,
     rest: ByteStream,
     version: Option<&'static str>,
-    line: Vec<u8>,
+    lines: SseLines,
     saw_done: bool,
     outcome: Option<Outcome>,
     /// When waiting for the next chunk must end: the per-attempt timeout (as an idle limit) bounded by the
@@ -67,7 +65,7 @@ impl ChatStream {
             first: Some(first),
             rest,
             version,
-            line: Vec::new(),
+            lines: SseLines::default(),
             saw_done: false,
             outcome: None,
         }
@@ -79,29 +77,13 @@ impl ChatStream {
     }
 
     fn scan(&mut self, chunk: &[u8]) {
-        for &b in chunk {
-            if b == b'\n' {
-                self.line_done();
-            } else if self.line.len() < MAX_LINE {
-                self.line.push(b);
-            }
-        }
+        let (saw_done, run) = (&mut self.saw_done, &mut self.run);
+        self.lines.feed(chunk, |line| on_line(line, saw_done, run));
     }
 
-    fn line_done(&mut self) {
-        let line = std::mem::take(&mut self.line);
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        let data = data.trim_ascii();
-        if data == b"[DONE]" {
-            self.saw_done = true;
-        } else if let (Some(run), Ok(f)) = (
-            self.run.as_mut(),
-            serde_json::from_slice::<crate::Facts<'_>>(data),
-        ) {
-            f.merge_into(&mut run.facts);
-        }
+    fn scan_end(&mut self) {
+        let (saw_done, run) = (&mut self.saw_done, &mut self.run);
+        self.lines.finish(|line| on_line(line, saw_done, run));
     }
 
     fn finish(&mut self, result: &AttemptResult<'_>) {
@@ -109,6 +91,21 @@ impl ChatStream {
             let d = run.end_attempt(result, Some(200), self.version);
             self.outcome = d.outcome;
         }
+    }
+}
+
+fn on_line(line: &[u8], saw_done: &mut bool, run: &mut Option<Inflight>) {
+    match classify(line) {
+        SseLine::Done => *saw_done = true,
+        SseLine::Data(data) => {
+            if let (Some(run), Ok(f)) = (
+                run.as_mut(),
+                serde_json::from_slice::<crate::Facts<'_>>(data),
+            ) {
+                run.merge_facts(f);
+            }
+        }
+        SseLine::Other => {}
     }
 }
 
@@ -148,9 +145,7 @@ impl Stream for ChatStream {
                 Poll::Ready(Some(Err(StreamError::Interrupted)))
             }
             Poll::Ready(None) => {
-                if !this.line.is_empty() {
-                    this.line_done();
-                }
+                this.scan_end();
                 if this.saw_done {
                     this.finish(&AttemptResult::Response(ResponseHead::status(200)));
                     Poll::Ready(None)

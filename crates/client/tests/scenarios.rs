@@ -169,8 +169,8 @@ fn table() -> Vec<Row> {
     ]
 }
 
-/// Runs the call; returns its outcome.
-async fn call(h: &Harness, stream: bool) -> Outcome {
+/// Runs the call; returns its outcome and the attempts the client reported.
+async fn call(h: &Harness, stream: bool) -> (Outcome, Option<u32>) {
     let mut req = ChatRequest::user(MODEL, "Say OK.");
     if stream {
         req.extra.insert(
@@ -184,10 +184,13 @@ async fn call(h: &Harness, stream: bool) -> Outcome {
                         break;
                     }
                 }
-                s.outcome().expect("a finished stream has an outcome")
+                // A stream handed over reports no attempt count (the spans and records do).
+                (s.outcome().expect("a finished stream has an outcome"), None)
             }
-            Err(ChatError::Call(e)) => e.outcome,
-            Err(ChatError::Status { outcome, .. }) => outcome,
+            Err(ChatError::Call(e)) => (e.outcome, Some(e.attempts)),
+            Err(ChatError::Status {
+                outcome, attempts, ..
+            }) => (outcome, Some(attempts)),
             Err(e) => panic!("{e}"),
         }
     } else {
@@ -197,9 +200,9 @@ async fn call(h: &Harness, stream: bool) -> Outcome {
         match h.client.send(raw).await {
             Ok(x) => {
                 assert!(matches!(x.body, ExchangeBody::Full(_)));
-                x.outcome
+                (x.outcome, Some(x.attempts))
             }
-            Err(e) => e.outcome,
+            Err(e) => (e.outcome, Some(e.attempts)),
         }
     }
 }
@@ -216,20 +219,26 @@ async fn run_table(protocol: OtlpProtocol) {
         };
         h.upstream.push(r.steps.clone());
         let started = Instant::now();
-        let outcome = call(&h, r.stream).await;
+        let (outcome, reported) = call(&h, r.stream).await;
         let elapsed = started.elapsed();
         assert!(
             h.flush().await,
             "{}: telemetry flush within its bound",
             r.name
         );
-        check(&h, &r, outcome, elapsed).await;
+        check(&h, &r, outcome, reported, elapsed).await;
         h.upstream.shutdown().await;
         h.receiver.shutdown().await;
     }
 }
 
-async fn check(h: &Harness, r: &Row, outcome: Outcome, elapsed: std::time::Duration) {
+async fn check(
+    h: &Harness,
+    r: &Row,
+    outcome: Outcome,
+    reported: Option<u32>,
+    elapsed: std::time::Duration,
+) {
     let name = r.name;
     let n = r.attempts.len();
     assert_eq!(outcome, r.outcome, "{name}: outcome");
@@ -238,8 +247,21 @@ async fn check(h: &Harness, r: &Row, outcome: Outcome, elapsed: std::time::Durat
         "{name}: took {elapsed:?}, the hint asked for {:?}",
         r.min_elapsed
     );
-    let seen = if r.refused { n } else { h.upstream.attempts() };
-    assert_eq!(seen, n, "{name}: attempts the upstream saw");
+    // A refused connection reaches no server: the fake must have seen nothing, and the attempts are those the
+    // client reports (checked against spans, records and metrics below). Otherwise the fake saw each one.
+    let expected_at_upstream = if r.refused { 0 } else { n };
+    assert_eq!(
+        h.upstream.attempts(),
+        expected_at_upstream,
+        "{name}: attempts the upstream saw"
+    );
+    if let Some(reported) = reported {
+        assert_eq!(reported as usize, n, "{name}: attempts the client reported");
+    }
+    assert!(
+        reported.is_some() || r.stream,
+        "{name}: every non-streaming call reports its attempts"
+    );
 
     // --- span tree: one logical span, one child per attempt
     let logical = h.receiver.spans_named(&format!("chat {MODEL}"));
@@ -290,14 +312,28 @@ async fn check(h: &Harness, r: &Row, outcome: Outcome, elapsed: std::time::Durat
             "{name} attempt {i}: status"
         );
     }
-    // traceparent on every attempt the upstream saw, naming that attempt's span
-    for (req, span) in h.upstream.requests().iter().zip(&attempts) {
+    // traceparent on every attempt the upstream saw, naming that attempt's span (and the loop must run once per
+    // attempt that reached the upstream: a zip over an empty list would check nothing)
+    let requests = h.upstream.requests();
+    assert_eq!(
+        requests.len(),
+        expected_at_upstream,
+        "{name}: recorded requests"
+    );
+    let mut checked = 0;
+    for (req, span) in requests.iter().zip(&attempts) {
         let tp = req.header("traceparent").expect("traceparent sent");
-        assert!(
-            tp.contains(&span.trace_id_hex()) && tp.contains(&span.span_id_hex()),
-            "{name}: {tp}"
+        assert_eq!(
+            tp,
+            format!("00-{}-{}-01", span.trace_id_hex(), span.span_id_hex()),
+            "{name}"
         );
+        checked += 1;
     }
+    assert_eq!(
+        checked, expected_at_upstream,
+        "{name}: traceparents checked"
+    );
     if r.stream && r.outcome == Outcome::Success {
         assert!(
             logical
@@ -370,4 +406,64 @@ async fn scenario_table_over_grpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_table_over_http() {
     run_table(OtlpProtocol::HttpProtobuf).await;
+}
+
+/// A request refused before it could leave (proxy-side validation) went on no wire: it leaves its evidence
+/// record (inside the parent SERVER span's trace), its metric increments — and no CLIENT span at all.
+async fn refused_locally(protocol: OtlpProtocol) {
+    use opentelemetry::trace::{SpanKind, TraceContextExt as _};
+    let h = Harness::start(protocol).await;
+    let server = h.telemetry.start_span(
+        &opentelemetry::Context::new(),
+        "POST /v1/chat/completions",
+        SpanKind::Server,
+        vec![],
+    );
+    let mut raw = RawRequest::chat(b"{}".to_vec().into());
+    raw.model = Some(MODEL.into());
+    raw.parent = server.clone();
+    assert_eq!(h.client.record_rejected(&raw), Outcome::FailedWithoutRetry);
+    server.span().end();
+    assert!(h.flush().await);
+    assert_eq!(h.upstream.attempts(), 0);
+    let spans = h.receiver.spans();
+    assert_eq!(spans.len(), 1, "only the SERVER span: {spans:?}");
+    assert_eq!(
+        spans[0].kind(),
+        retrybudget_testkit::proto::tonic::trace::v1::span::SpanKind::Server
+    );
+    let logs = h.receiver.logs_with_event_name(EVENT_ATTEMPT);
+    assert_eq!(logs.len(), 1, "one evidence record");
+    assert!(
+        logs[0].is_in_span(&spans[0]),
+        "correlated with the SERVER span"
+    );
+    let lines = h.evidence_lines();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["error_type"], "validation_error");
+    assert_eq!(lines[0]["span_id"], spans[0].span_id_hex());
+    assert_eq!(h.receiver.counter_value(M_ATTEMPTS, &[]), 1.0);
+    assert_eq!(
+        h.receiver
+            .counter_value(M_CALLS, &[(RB_OUTCOME, "failed_without_retry")]),
+        1.0
+    );
+    assert_eq!(
+        h.receiver
+            .histogram_count(M_HTTP_CLIENT_REQUEST_DURATION, &[]),
+        0,
+        "no HTTP duration for a request that never left"
+    );
+    h.upstream.shutdown().await;
+    h.receiver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_locally_has_no_client_span_grpc() {
+    refused_locally(OtlpProtocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_locally_has_no_client_span_http() {
+    refused_locally(OtlpProtocol::HttpProtobuf).await;
 }

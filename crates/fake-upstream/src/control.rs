@@ -148,7 +148,9 @@ async fn apply(
             ok()
         }
         (&Method::GET, "/_control/requests") => {
+            // Any local process can read this endpoint: credential values never leave through it.
             let (count, requests) = shared.requests();
+            let requests = requests.iter().map(RecordedRequest::redacted).collect();
             json(StatusCode::OK, &Requests { count, requests })
         }
         (&Method::GET, "/_control/count") => json(

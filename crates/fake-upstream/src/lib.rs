@@ -62,7 +62,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use server::MAX_REQUEST_BODY;
-pub use state::{MAX_RECORDED, RecordedRequest};
+pub use state::{CREDENTIAL_HEADERS, MAX_RECORDED, RecordedRequest, is_credential_header};
 pub use step::{Fault, LoadMode, Step, StepError};
 
 use state::Shared;
@@ -113,6 +113,12 @@ impl FakeUpstream {
     pub fn from_listener(listener: TcpListener) -> std::io::Result<FakeUpstream> {
         let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
         let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: the fake upstream listens on {addr}, reachable from other hosts: it answers anyone and \
+                 records request headers in memory; bind 127.0.0.1 unless that is what you want"
+            );
+        }
         let shared = Arc::new(Shared::new());
         let (stop, stopped) = oneshot::channel::<()>();
         // The loop ends when `stop` fires or is dropped (the handle went away).

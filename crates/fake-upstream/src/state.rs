@@ -39,7 +39,50 @@ pub struct RecordedRequest {
     pub received_at: Instant,
 }
 
+/// Header names that carry credentials: their values never leave the process through `/_control/requests`.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "x-api-key",
+    "openai-api-key",
+    "x-goog-api-key",
+    "cookie",
+    "set-cookie",
+    "x-auth-token",
+];
+
+/// Whether a header may carry a credential: a listed name, or one that mentions a key, token, secret,
+/// password, signature, session or auth.
+pub fn is_credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    CREDENTIAL_HEADERS.contains(&name.as_str())
+        || [
+            "key",
+            "token",
+            "secret",
+            "password",
+            "signature",
+            "session",
+            "auth",
+        ]
+        .iter()
+        .any(|w| name.contains(w))
+}
+
 impl RecordedRequest {
+    /// A copy whose credential headers (see [`is_credential_header`]) show only their length, e.g.
+    /// `[redacted; 27 bytes]`: enough to prove a header arrived, nothing to reuse.
+    pub fn redacted(&self) -> RecordedRequest {
+        let mut copy = self.clone();
+        for (name, value) in copy.headers.iter_mut() {
+            if is_credential_header(name) {
+                *value = format!("[redacted; {} bytes]", value.len());
+            }
+        }
+        copy
+    }
+
     /// The value of a header (name case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -339,6 +382,30 @@ mod tests {
         assert_ne!(a, judge_all(8));
         let failures = a.iter().filter(|f| **f).count();
         assert!((70..=130).contains(&failures), "{failures}");
+    }
+
+    #[test]
+    fn redacted_copies_hide_credentials() {
+        let mut headers = HeaderMap::new();
+        headers.append("authorization", "Bearer sk-x".parse().unwrap());
+        headers.append("x-api-key", "k".parse().unwrap());
+        headers.append("Cookie", "a=b".parse().unwrap());
+        headers.append("x-custom-token", "t".parse().unwrap());
+        headers.append("x-request-id", "r1".parse().unwrap());
+        let shared = Shared::new();
+        shared.admit(&Method::POST, "/v1/x", &headers, 5);
+        let (_, reqs) = shared.requests();
+        let r = reqs[0].redacted();
+        assert_eq!(r.header("authorization"), Some("[redacted; 11 bytes]"));
+        assert_eq!(r.header("x-api-key"), Some("[redacted; 1 bytes]"));
+        assert_eq!(r.header("cookie"), Some("[redacted; 3 bytes]"));
+        assert_eq!(r.header("x-custom-token"), Some("[redacted; 1 bytes]"));
+        assert_eq!(r.header("x-request-id"), Some("r1"));
+        assert_eq!(
+            reqs[0].header("authorization"),
+            Some("Bearer sk-x"),
+            "in-process records keep values"
+        );
     }
 
     #[test]

@@ -167,37 +167,47 @@ async fn fail_percent_is_deterministic_for_a_seed() {
     up.shutdown().await;
 }
 
+/// The fake judges a request by its arrival time relative to when the load mode was set. Instants taken just
+/// before and just after `set_load` bracket that moment, so each request's expected status follows from the
+/// fake's own record of its arrival — nothing is skipped on a slow machine, and a bound that a loaded machine
+/// could miss fails loudly instead of passing vacuously.
 #[tokio::test]
 async fn outage_window_fails_then_recovers() {
     let up = start().await;
     let c = client();
-    up.set_load(LoadMode::outage(
-        Duration::ZERO,
-        Duration::from_millis(300),
-        503,
-    ));
-    let set_at = Instant::now();
+    let window = Duration::from_secs(2);
+    let before = Instant::now();
+    up.set_load(LoadMode::outage(Duration::ZERO, window, 503));
+    let after = Instant::now();
     let resp = chat(&c, &up).await;
-    // Only judge requests that certainly arrived inside the window.
-    if set_at.elapsed() < Duration::from_millis(250) {
-        assert_eq!(resp.status(), 503);
-    }
-    tokio::time::sleep(Duration::from_millis(320).saturating_sub(set_at.elapsed())).await;
-    assert_eq!(chat(&c, &up).await.status(), 200);
+    let arrived = up.requests().last().unwrap().received_at;
+    assert!(
+        arrived.saturating_duration_since(before) < window,
+        "the first request must arrive inside the {window:?} window (took {:?})",
+        arrived.saturating_duration_since(before)
+    );
+    assert_eq!(resp.status(), 503, "inside the outage window");
+    tokio::time::sleep(window.saturating_sub(after.elapsed()) + Duration::from_millis(20)).await;
+    let resp = chat(&c, &up).await;
+    let arrived = up.requests().last().unwrap().received_at;
+    assert!(arrived.saturating_duration_since(after) >= window);
+    assert_eq!(resp.status(), 200, "after the outage window");
 
     // A window in the future: fine now, failing later.
-    up.set_load(LoadMode::outage(
-        Duration::from_millis(150),
-        Duration::from_secs(60),
-        500,
-    ));
-    let set_at = Instant::now();
+    let starts = Duration::from_secs(1);
+    let before = Instant::now();
+    up.set_load(LoadMode::outage(starts, Duration::from_secs(60), 500));
+    let after = Instant::now();
     let resp = chat(&c, &up).await;
-    if set_at.elapsed() < Duration::from_millis(140) {
-        assert_eq!(resp.status(), 200);
-    }
-    tokio::time::sleep(Duration::from_millis(160)).await;
-    assert_eq!(chat(&c, &up).await.status(), 500);
+    let arrived = up.requests().last().unwrap().received_at;
+    assert!(
+        arrived.saturating_duration_since(before) < starts,
+        "the request must arrive before the window opens after {starts:?} (took {:?})",
+        arrived.saturating_duration_since(before)
+    );
+    assert_eq!(resp.status(), 200, "before the window");
+    tokio::time::sleep(starts.saturating_sub(after.elapsed()) + Duration::from_millis(20)).await;
+    assert_eq!(chat(&c, &up).await.status(), 500, "inside the window");
     up.shutdown().await;
 }
 
