@@ -138,8 +138,16 @@ fn drive(
     (starts, decisions)
 }
 
+/// 512 cases per property, or `PROPTEST_CASES` when set (e.g. `PROPTEST_CASES=200000` for a long run).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// No two consecutive attempts closer than base/2. A computed delay for retry n is equal jitter of the
     /// nominal `min(cap, base·2^(n-1))`: within `[nominal/2, nominal]`. A server hint is honoured
@@ -418,6 +426,79 @@ proptest! {
                 prop_assert!((got.floor - want_floor).abs() < 1e-9, "floor: {got:?} vs {want_floor}");
                 prop_assert!(got.floor >= 0.0 && got.floor <= cfg.reserve() + 1e-9, "{got:?}");
             }
+        }
+    }
+
+    /// A caller's re-send (issue 11) pays like a retry: over the budget's live window, our retries plus the
+    /// first attempts of re-sends ≤ ratio × *new* first attempts (this window and the one before) + the floor's
+    /// reserve — re-sends deposit nothing. A re-send makes at most `max(1, max_attempts − prior_attempts)`
+    /// attempts; a refused one changes no balance, ends as `stop_budget_exhausted` / `budget_exhausted`, and was
+    /// refused only when the budget could not pay.
+    #[test]
+    fn caller_retries_pay_like_retries(
+        cfg in config(),
+        ttl_s in 1u64..=20,
+        calls in prop::collection::vec((0u64..3000, prop::option::of(0u32..6), prop::sample::select(vec![200u16, 503, 503, 400])), 1..120),
+        seed: u64,
+    ) {
+        let mut cfg = cfg;
+        cfg.budget.ttl = Duration::from_secs(ttl_s);
+        let policy = Policy::new(cfg.clone()).unwrap();
+        let slot = cfg.budget.ttl.as_nanos() / SLOTS as u128;
+        let mut now = Duration::from_secs(1);
+        // (slot epoch, paid): paid = a retry or a re-send's first attempt; else a new first attempt
+        let mut log: Vec<(u128, bool)> = Vec::new();
+        let latency = Duration::from_millis(20);
+        for (i, (gap, resend, status)) in calls.into_iter().enumerate() {
+            now += Duration::from_millis(gap);
+            let seed = seed ^ i as u64;
+            let mut call = match resend {
+                None => {
+                    log.push((now.as_nanos() / slot, false));
+                    policy.start_call("scope", now, None, seed)
+                }
+                Some(prior) => {
+                    let budget = policy.budgets().get("scope");
+                    let before = budget.balance_detail(now);
+                    match policy.start_caller_retry("scope", now, None, seed, prior) {
+                        Ok(call) => {
+                            prop_assert_eq!(call.prior_attempts(), prior);
+                            log.push((now.as_nanos() / slot, true));
+                            call
+                        }
+                        Err(denied) => {
+                            prop_assert!(before.spendable() < 1.0, "refused with {before:?}");
+                            prop_assert_eq!(budget.balance_detail(now), before);
+                            prop_assert_eq!(denied.decision.kind, DecisionKind::StopBudgetExhausted);
+                            prop_assert_eq!(denied.decision.outcome, Some(Outcome::BudgetExhausted));
+                            prop_assert!(denied.retry_after_secs() >= 1);
+                            prop_assert!(denied.refill.is_none_or(|r| r <= cfg.budget.ttl));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut attempts = 0u32;
+            loop {
+                attempts += 1;
+                now += latency;
+                let d = call.on_result(now, &AttemptResult::Response(ResponseHead::status(status)));
+                match (d.kind, d.delay) {
+                    (DecisionKind::Retry, Some(delay)) => {
+                        log.push((now.as_nanos() / slot, true));
+                        now += delay;
+                    }
+                    _ => break,
+                }
+            }
+            let allowed = cfg.max_attempts.saturating_sub(resend.unwrap_or(0)).max(1);
+            prop_assert!(attempts <= allowed, "{attempts} attempts, {allowed} allowed");
+            let epoch = now.as_nanos() / slot;
+            let live = |e: &u128, slots: u128| *e + slots > epoch;
+            let paid = log.iter().filter(|(e, p)| *p && live(e, SLOTS as u128)).count() as f64;
+            let new = log.iter().filter(|(e, p)| !*p && live(e, 2 * SLOTS as u128)).count() as f64;
+            let bound = cfg.budget.ratio * new + cfg.budget.reserve();
+            prop_assert!(paid <= bound + 1e-9 * (1.0 + bound), "window: {paid} > {bound}");
         }
     }
 
