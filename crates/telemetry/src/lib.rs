@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod evidence;
+mod evidence_file;
 pub mod export;
 pub mod names;
 mod pipeline;
