@@ -65,7 +65,7 @@ impl Policy {
     /// Starts a caller's re-send of a request in `scope` at `now`: the first attempt withdraws one token from
     /// the scope's budget instead of depositing, and the allowance starts from `prior_attempts` (the attempts
     /// already made for this request, by earlier calls or by the caller). When the budget cannot pay, returns
-    /// the refusal with its refill time and makes no attempt. `caller_deadline` and `seed` as in
+    /// the refusal (boxed: it carries a whole [`Decision`]) with its refill time and makes no attempt. `caller_deadline` and `seed` as in
     /// [`Policy::start_call`].
     ///
     /// ```
@@ -92,7 +92,7 @@ impl Policy {
         caller_deadline: Option<Duration>,
         seed: u64,
         prior_attempts: u32,
-    ) -> Result<Call, BudgetDenied> {
+    ) -> Result<Call, Box<BudgetDenied>> {
         let budget = self.budgets().get(scope);
         let paid = budget.try_withdraw(now);
         let refill = (!paid).then(|| budget.refill_time(now)).flatten();
@@ -100,7 +100,7 @@ impl Policy {
         if paid {
             return Ok(call);
         }
-        Err(BudgetDenied {
+        Err(Box::new(BudgetDenied {
             scope: call.budget().scope().to_owned(),
             decision: call.end_before_attempt(
                 now,
@@ -110,7 +110,7 @@ impl Policy {
             refill,
             ttl: self.config().budget.ttl,
             prior_attempts,
-        })
+        }))
     }
 }
 
