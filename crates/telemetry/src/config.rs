@@ -47,6 +47,8 @@ pub struct TelemetryConfig {
     pub metric_interval: Duration,
     /// JSONL evidence file, one line per attempt.
     pub evidence_file: Option<PathBuf>,
+    /// Size-based rotation of the evidence file (default: none).
+    pub evidence_rotation: crate::EvidenceRotation,
 }
 
 impl Default for TelemetryConfig {
@@ -57,6 +59,7 @@ impl Default for TelemetryConfig {
             otlp: None,
             metric_interval: Duration::from_secs(60),
             evidence_file: None,
+            evidence_rotation: crate::EvidenceRotation::default(),
         }
     }
 }
