@@ -16,6 +16,7 @@ use opentelemetry::{Context, KeyValue};
 use crate::export::EVIDENCE;
 use crate::names::*;
 use crate::pipeline::Telemetry;
+use crate::record::EvidenceRecord;
 
 /// The labels every event of one logical call shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,26 +205,26 @@ impl AttemptEvent<'_> {
         }
         if let Some(writer) = &inner.evidence {
             let record = EvidenceRecord {
-                timestamp: rfc3339(SystemTime::now()),
-                environment: &inner.environment,
-                provider_route: &l.route,
-                model: &l.model,
-                http_method: &l.method,
-                http_route: &l.url_template,
+                timestamp: rfc3339(SystemTime::now()).into(),
+                environment: inner.environment.as_str().into(),
+                provider_route: l.route.as_str().into(),
+                model: l.model.as_str().into(),
+                http_method: Cow::Borrowed(&l.method),
+                http_route: Cow::Borrowed(&l.url_template),
                 http_status_code: self.status,
-                error_type: self.error_type.as_deref(),
+                error_type: self.error_type.as_deref().map(Cow::Borrowed),
                 retry_attempt: self.attempt,
                 retry_budget_remaining: self.allowance_remaining,
                 shared_budget_balance: (self.budget_balance * 1000.0).round() / 1000.0,
                 backoff_applied_ms: self.backoff_before.map_or(0, |(d, _)| d.as_millis() as u64),
-                delay_source: self.backoff_before.map(|(_, source)| source),
-                elapsed_bucket,
-                decision: self.decision,
-                client_result: self.terminal.map(|(_, r)| r),
-                terminal_outcome: self.terminal.map(|(o, _)| o),
-                operator_note: note,
-                trace_id: ctx.trace_id().to_string(),
-                span_id: ctx.span_id().to_string(),
+                delay_source: self.backoff_before.map(|(_, source)| source.into()),
+                elapsed_bucket: elapsed_bucket.into(),
+                decision: self.decision.into(),
+                client_result: self.terminal.map(|(_, r)| r.into()),
+                terminal_outcome: self.terminal.map(|(o, _)| o.into()),
+                operator_note: note.into(),
+                trace_id: ctx.trace_id().to_string().into(),
+                span_id: ctx.span_id().to_string().into(),
             };
             match serde_json::to_vec(&record) {
                 Ok(line) => writer.write(&line),
@@ -232,36 +233,6 @@ impl AttemptEvent<'_> {
         }
         span.end();
     }
-}
-
-/// One line of the JSONL evidence file: the runbook's sanitised log-record template, in its field order.
-#[derive(serde::Serialize)]
-struct EvidenceRecord<'a> {
-    timestamp: String,
-    environment: &'a str,
-    provider_route: &'a str,
-    model: &'a str,
-    http_method: &'a str,
-    http_route: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    http_status_code: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_type: Option<&'a str>,
-    retry_attempt: u32,
-    retry_budget_remaining: u32,
-    shared_budget_balance: f64,
-    backoff_applied_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    delay_source: Option<&'a str>,
-    elapsed_bucket: &'a str,
-    decision: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_result: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    terminal_outcome: Option<&'a str>,
-    operator_note: &'a str,
-    trace_id: String,
-    span_id: String,
 }
 
 /// One finished logical call.

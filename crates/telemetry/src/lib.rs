@@ -4,8 +4,11 @@
 //! - [`config`]: settings from the standard `OTEL_*` variables (protocol and `OTEL_SDK_DISABLED` included).
 //! - [`Telemetry`]: OTLP export over gRPC or HTTP/protobuf, the same instruments for Prometheus scraping, the
 //!   JSONL evidence file; bounded queues, counted drops, a shutdown that waits a bounded time.
+//! - [`labels`]: caller-chosen model ids turned into bounded metric labels and budget scopes.
 //! - [`evidence`]: [`AttemptEvent`] and [`CallEvent`], whose one `emit` writes span attributes, log record,
 //!   metrics and evidence line together.
+//! - [`record`]: [`EvidenceRecord`], the JSONL evidence line: written by the evidence writer, read by
+//!   `retrybudget report` and `smoke`.
 //!
 //! This crate must never record content: no API key, prompt, completion, full body or upstream error message
 //! ever reaches an event type, so none can reach an exporter.
@@ -14,16 +17,20 @@ pub mod config;
 pub mod evidence;
 mod evidence_file;
 pub mod export;
+pub mod labels;
 pub mod names;
 mod pipeline;
 mod propagation;
+pub mod record;
 pub mod redact;
 
 pub use config::{OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use evidence::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
 pub use evidence_file::EvidenceRotation;
+pub use labels::ModelLabels;
 pub use pipeline::Telemetry;
 pub use propagation::{extract_traceparent, traceparent};
+pub use record::EvidenceRecord;
 
 /// Why the telemetry pipeline could not start.
 #[derive(Debug, thiserror::Error)]
