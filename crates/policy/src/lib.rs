@@ -33,6 +33,7 @@ pub mod classify;
 pub mod config;
 pub mod hints;
 mod names;
+pub mod repeatable;
 pub mod sim;
 
 pub use backoff::{Random, SplitMix64};

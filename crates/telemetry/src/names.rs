@@ -148,6 +148,10 @@ pub const M_BUDGET_DENIED: &str = "retrybudget.budget.denied";
 pub const M_NESTED_RETRIES: &str = "retrybudget.client.nested_retries";
 /// Telemetry items dropped.
 pub const M_TELEMETRY_DROPPED: &str = "retrybudget.telemetry.dropped";
+/// Requests the proxy refused before anything was sent upstream, by [`RB_REJECT_REASON`].
+pub const M_PROXY_REJECTED: &str = "retrybudget.proxy.rejected";
+/// Why the proxy refused a request: a fixed word such as `host` or `path` (never a value from the request).
+pub const RB_REJECT_REASON: &str = "reason";
 /// Probe result.
 pub const M_PROBE_SUCCESS: &str = "retrybudget.probe.success";
 /// Probe duration (seconds).
