@@ -62,7 +62,7 @@ impl Inflight {
             server_address: inner.server_address.clone(),
             server_port: inner.server_port,
             url_template: request.url_template.clone().into(),
-            method: request.method.as_str().to_owned().into(),
+            method: http_method_label(request.method.as_str()).into(),
         };
         let mut attrs = vec![
             KeyValue::new(GEN_AI_OPERATION_NAME, labels.operation),

@@ -24,7 +24,7 @@ use retrybudget_telemetry::Telemetry;
 use crate::access::Refusal;
 use crate::listener::RETRY_AFTER_SECS;
 use retrybudget_telemetry::names::{
-    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE,
+    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, http_method_label,
 };
 
 /// Response header: attempts the proxy made upstream for this request (0 when it never left).
@@ -340,7 +340,7 @@ impl ServerSpan {
         method: &Method,
         route: &'static str,
     ) -> Self {
-        let method = known_method(method);
+        let method = http_method_label(method.as_str());
         let attributes = vec![
             KeyValue::new(HTTP_REQUEST_METHOD, method),
             KeyValue::new(HTTP_ROUTE, route),
@@ -381,22 +381,6 @@ impl Drop for ServerSpan {
         if !self.ended {
             self.cx.span().end();
         }
-    }
-}
-
-/// `http.request.method` must be a known method or `_OTHER` (semconv), to keep cardinality bounded.
-fn known_method(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "_OTHER",
     }
 }
 

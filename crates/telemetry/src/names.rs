@@ -79,6 +79,23 @@ pub fn gen_ai_operation(url_template: &str) -> &'static str {
     }
 }
 
+/// `http.request.method` as semconv wants it: one of the standard methods, else `_OTHER` (a caller choosing
+/// methods must not be able to grow the label set).
+pub fn http_method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
 // === retrybudget.* ===
 
 /// Provider route name, e.g. `cometapi_chat_completions`.
