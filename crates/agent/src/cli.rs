@@ -71,6 +71,13 @@ pub struct ProxyArgs {
     /// Append one JSON line per attempt to this file [default: none]
     #[arg(long, env = "RETRYBUDGET_EVIDENCE_FILE", value_name = "PATH")]
     pub evidence_file: Option<PathBuf>,
+    /// Rotate the evidence file to PATH.1 before it would exceed SIZE (0 = never; SIGHUP reopens PATH for
+    /// logrotate either way) [default: 100MiB]
+    #[arg(long, env = "RETRYBUDGET_EVIDENCE_MAX_SIZE", value_name = "SIZE", value_parser = parse_size)]
+    pub evidence_max_size: Option<u64>,
+    /// Rotated evidence files kept, PATH.1 (newest) to PATH.N; older ones are deleted [default: 5]
+    #[arg(long, env = "RETRYBUDGET_EVIDENCE_KEEP", value_name = "N")]
+    pub evidence_keep: Option<u32>,
     /// NAME of an environment variable holding the provider key, injected into every forwarded request
     /// (replacing the caller's credential)
     #[arg(long, env = "RETRYBUDGET_API_KEY_ENV", value_name = "NAME")]

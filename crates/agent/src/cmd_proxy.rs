@@ -13,10 +13,14 @@ use anyhow::Context as _;
 use clap::ArgMatches;
 use retrybudget_client::{Client, ClientConfig, ClientError};
 use retrybudget_proxy::{Access, Limits, ProxyConfig, ProxyState};
+use retrybudget_telemetry::EvidenceRotation;
 use serde::Deserialize;
 
 use crate::cli::ProxyArgs;
-use crate::common::{init_telemetry, otlp_summary, shutdown_signal, shutdown_telemetry};
+use crate::common::{
+    init_telemetry_rotating, otlp_summary, reopen_evidence_on_sighup, shutdown_signal,
+    shutdown_telemetry,
+};
 use crate::config::{
     FileSize, Layers, RetryFile, check_range, check_writable_parent, file_addr, file_size,
     load_file, policy_config, printable_url, usage,
@@ -36,6 +40,8 @@ struct ProxyFile {
     budget_min_per_sec: Option<f64>,
     budget_ttl: Option<String>,
     evidence_file: Option<PathBuf>,
+    evidence_max_size: Option<FileSize>,
+    evidence_keep: Option<u32>,
     api_key_env: Option<String>,
     api_key_header: Option<String>,
     caller_token_env: Option<String>,
@@ -52,6 +58,45 @@ struct ProxyFile {
 }
 
 const DEFAULT_MAX_BODY: u64 = 8 << 20;
+const DEFAULT_EVIDENCE_MAX_SIZE: u64 = 100 << 20;
+const DEFAULT_EVIDENCE_KEEP: u32 = 5;
+
+/// `--evidence-max-size` / `--evidence-keep` (and their env/file forms) as a rotation setting.
+fn evidence_rotation(
+    layers: &Layers<'_>,
+    args: &ProxyArgs,
+    file_max_size: Option<FileSize>,
+    file_keep: Option<u32>,
+    config: Option<&Path>,
+) -> anyhow::Result<EvidenceRotation> {
+    let max = layers.pick_or(
+        "evidence_max_size",
+        args.evidence_max_size,
+        file_size(config, "evidence_max_size", file_max_size)?,
+        DEFAULT_EVIDENCE_MAX_SIZE,
+    );
+    if max.value != 0 {
+        check_range(
+            layers,
+            "evidence_max_size",
+            &max,
+            1 << 10,
+            1 << 40,
+            "0 (no size rotation) or a size from 1KiB to 1TiB",
+        )?;
+    }
+    let keep = layers.pick_or(
+        "evidence_keep",
+        args.evidence_keep,
+        file_keep,
+        DEFAULT_EVIDENCE_KEEP,
+    );
+    check_range(layers, "evidence_keep", &keep, 0, 1_000, "0 to 1000")?;
+    Ok(EvidenceRotation {
+        max_bytes: (max.value != 0).then_some(max.value),
+        keep: keep.value,
+    })
+}
 const MAX_MAX_BODY: u64 = 1 << 30;
 
 /// `retrybudget proxy`.
@@ -139,6 +184,13 @@ pub(crate) async fn run(
         max_connections: file.max_connections,
         max_in_flight: file.max_in_flight,
     };
+    let rotation = evidence_rotation(
+        &layers,
+        args,
+        file.evidence_max_size,
+        file.evidence_keep,
+        config,
+    )?;
     let key = crate::config::api_key(
         &layers,
         layers.pick("api_key_env", args.api_key_env.clone(), file.api_key_env),
@@ -157,7 +209,8 @@ pub(crate) async fn run(
     }
     let limits = limits(&layers, args, &mut file_access, config)?;
 
-    let telemetry = init_telemetry(evidence.as_ref().map(|e| e.value.clone()))?;
+    let telemetry = init_telemetry_rotating(evidence.as_ref().map(|e| e.value.clone()), rotation)?;
+    tokio::spawn(reopen_evidence_on_sighup(telemetry.clone()));
     let mut client_config = ClientConfig::new(upstream.value.clone());
     client_config.provider_name = provider.value;
     client_config.route_name = route.value;

@@ -41,6 +41,8 @@ fn proxy_help_lists_every_flag() {
         "--budget-min-per-sec",
         "--budget-ttl",
         "--evidence-file",
+        "--evidence-max-size",
+        "--evidence-keep",
         "--api-key-env",
         "--api-key-header",
         "--caller-token-env",
@@ -134,6 +136,25 @@ fn bad_flag_value_is_exit_2_naming_the_flag_and_range() {
         &[],
     );
     assert!(e.contains("--max-body") && e.contains("1GiB"), "{e}");
+    let e = usage_error(
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--evidence-max-size",
+            "100",
+        ],
+        &[],
+    );
+    assert!(
+        e.contains("--evidence-max-size") && e.contains("1KiB"),
+        "{e}"
+    );
+    let e = usage_error(
+        &["proxy", "--upstream", "http://127.0.0.1:1"],
+        &[("RETRYBUDGET_EVIDENCE_KEEP", "5000")],
+    );
+    assert!(e.contains("RETRYBUDGET_EVIDENCE_KEEP"), "{e}");
     let e = usage_error(&["proxy", "--upstream", "ftp://example"], &[]);
     assert!(e.contains("--upstream"), "{e}");
     let e = usage_error(&["proxy"], &[]);

@@ -282,7 +282,11 @@ impl Telemetry {
             })
             .build();
         let evidence = match &config.evidence_file {
-            Some(path) => Some(EvidenceWriter::open(path, Arc::clone(&dropped))?),
+            Some(path) => Some(EvidenceWriter::open(
+                path,
+                config.evidence_rotation,
+                Arc::clone(&dropped),
+            )?),
             None => None,
         };
         Ok(Telemetry {
