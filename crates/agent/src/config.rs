@@ -462,7 +462,10 @@ mod fuzz_hook_tests {
             Ok(())
         );
         let err = fuzz_config_text("budget_ratio = 2.0").unwrap_err();
-        assert!(err.contains("budget_ratio") && err.contains("fuzz.toml"), "{err}");
+        assert!(
+            err.contains("budget_ratio") && err.contains("fuzz.toml"),
+            "{err}"
+        );
         assert!(fuzz_config_text("budget_ttl = \"soon\"").is_err());
         assert!(fuzz_config_text("max_attempts = [").is_err());
     }
