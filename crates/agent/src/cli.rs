@@ -111,6 +111,9 @@ pub struct ProxyArgs {
     /// Largest request body accepted, in bytes or with a unit (8MiB, 512KiB) [default: 8MiB]
     #[arg(long, env = "RETRYBUDGET_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: Option<u64>,
+    /// Distinct model ids kept as metric labels and budget scopes; later ones are labelled `_other` [default: 200]
+    #[arg(long, env = "RETRYBUDGET_MAX_MODELS_PER_ROUTE", value_name = "N")]
+    pub max_models_per_route: Option<u32>,
     /// Largest upstream answer buffered whole (errors, chat completions); a larger one fails as
     /// invalid_response. Streams and other successful answers pass through unbuffered (1KiB to 1GiB)
     /// [default: 32MiB]

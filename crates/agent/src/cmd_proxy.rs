@@ -56,6 +56,7 @@ struct ProxyFile {
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
     max_in_flight: Option<u32>,
+    max_models_per_route: Option<u32>,
 }
 
 const DEFAULT_MAX_BODY: u64 = 8 << 20;
@@ -99,6 +100,8 @@ fn evidence_rotation(
     })
 }
 const MAX_MAX_BODY: u64 = 1 << 30;
+/// How long calls cancelled at shutdown get to write their evidence.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const DEFAULT_MAX_RESPONSE_BODY: u64 = 32 << 20;
 
 /// `retrybudget proxy`.
@@ -233,6 +236,21 @@ pub(crate) async fn run(
     client_config.policy = policy;
     // The proxy injects the key itself (into the configured header, replacing the caller's credential).
     client_config.api_key = None;
+    let max_models = layers.pick_or(
+        "max_models_per_route",
+        args.max_models_per_route,
+        file.max_models_per_route,
+        retrybudget_telemetry::names::DEFAULT_MAX_MODELS_PER_ROUTE as u32,
+    );
+    check_range(
+        &layers,
+        "max_models_per_route",
+        &max_models,
+        1,
+        100_000,
+        "1 to 100000",
+    )?;
+    client_config.max_models_per_route = max_models.value as usize;
     client_config.max_response_body =
         usize::try_from(max_response_body.value).unwrap_or(usize::MAX);
     let client = Client::new(client_config, telemetry.clone()).map_err(|e| match e {
@@ -253,6 +271,8 @@ pub(crate) async fn run(
             ..ProxyConfig::default()
         },
     );
+    // Kept to end what is still in flight once the grace period is over (see below).
+    let inflight = state.client().clone();
     let listener = tokio::net::TcpListener::bind(listen.value)
         .await
         .with_context(|| format!("cannot listen on {}: is the port in use?", listen.value))?;
@@ -276,6 +296,14 @@ pub(crate) async fn run(
         println!("retrybudget proxy: shutting down, draining in-flight requests");
     })
     .await;
+    // Calls still in flight when the grace period ended are cancelled now, so their `cancelled` evidence is
+    // written before the final flush instead of being lost with the runtime.
+    let unfinished = inflight.cancel_inflight(CANCEL_WAIT).await;
+    if unfinished > 0 {
+        eprintln!(
+            "retrybudget proxy: {unfinished} call(s) did not record their cancellation in time"
+        );
+    }
     let flushed = shutdown_telemetry(&telemetry).await;
     served.context("the proxy server failed")?;
     println!(

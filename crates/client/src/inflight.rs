@@ -112,6 +112,7 @@ impl Inflight {
                 client.next_seed(),
             )
         };
+        client.call_started();
         Inflight {
             client: client.clone(),
             call,
@@ -134,6 +135,10 @@ impl Inflight {
             max_attempts,
             done: false,
         }
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     pub(crate) fn attempt_index(&self) -> u32 {
@@ -274,11 +279,11 @@ fn local_context(parent: &Context, client: &Client) -> Context {
 
 impl Drop for Inflight {
     fn drop(&mut self) {
-        if self.done {
-            return;
+        if !self.done {
+            let decision = self.call.cancel(self.client.now());
+            self.emit_attempt(&decision, None, None);
+            self.emit_call(&decision);
         }
-        let decision = self.call.cancel(self.client.now());
-        self.emit_attempt(&decision, None, None);
-        self.emit_call(&decision);
+        self.client.call_ended();
     }
 }

@@ -224,6 +224,11 @@ struct Inner {
     max_response_body: usize,
     /// The route's bounded model labels (metric labels and budget scopes).
     models: ModelLabels,
+    /// Flips to `true` once, at shutdown: every call still in flight ends as `cancelled`.
+    cancel: tokio::sync::watch::Sender<bool>,
+    /// Calls whose evidence is not written yet, and a wake-up for whoever waits for them to reach 0.
+    live: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
     origin: Instant,
     seeds: AtomicU64,
 }
@@ -292,6 +297,9 @@ impl Client {
                 api_key: config.api_key,
                 max_response_body: config.max_response_body,
                 models: ModelLabels::new(config.max_models_per_route),
+                cancel: tokio::sync::watch::Sender::new(false),
+                live: std::sync::atomic::AtomicUsize::new(0),
+                idle: tokio::sync::Notify::new(),
                 origin,
                 seeds: AtomicU64::new(seed),
             }),
@@ -378,9 +386,71 @@ impl Client {
         d.outcome.unwrap_or(Outcome::FailedWithoutRetry)
     }
 
+    /// Ends every call still in flight as `cancelled` (shutdown, once the grace period is over) and waits at most
+    /// `wait` for their evidence to be written, so a final telemetry flush that follows includes it. Calls that
+    /// start afterwards are cancelled at once. Returns how many calls were still unfinished when the wait ended
+    /// (0 when all evidence was written).
+    pub async fn cancel_inflight(&self, wait: Duration) -> usize {
+        let inner = &self.inner;
+        inner.cancel.send_replace(true);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let idle = inner.idle.notified();
+            let live = inner.live.load(Ordering::Acquire);
+            if live == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return inner.live.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    /// Calls in flight (started, evidence not yet complete).
+    pub fn inflight(&self) -> usize {
+        self.inner.live.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`Client::cancel_inflight`] was called.
+    pub(crate) fn cancelled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.cancel.subscribe();
+        async move {
+            // An error means the sender is gone with the client: nothing will cancel any more.
+            if rx.wait_for(|c| *c).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub(crate) fn call_started(&self) {
+        self.inner.live.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn call_ended(&self) {
+        if self.inner.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.idle.notify_waiters();
+        }
+    }
+
     /// Makes a logical call: attempts, decisions, backoff and evidence. Returns the final upstream response if
-    /// one arrived (whatever its status), else the [`CallError`].
+    /// one arrived (whatever its status), else the [`CallError`]. Ended as `cancelled` by
+    /// [`Client::cancel_inflight`] unless its response was already handed over.
     pub async fn send(&self, request: RawRequest) -> Result<Exchange, CallError> {
+        let call = std::pin::pin!(self.send_inner(request));
+        let cancelled = std::pin::pin!(self.cancelled());
+        match futures_util::future::select(call, cancelled).await {
+            futures_util::future::Either::Left((result, _)) => result,
+            // Dropping the call wrote its `cancelled` evidence.
+            futures_util::future::Either::Right(((), _)) => Err(CallError {
+                outcome: Outcome::Cancelled,
+                attempts: 0,
+                last_status: None,
+                error_type: None,
+            }),
+        }
+    }
+
+    async fn send_inner(&self, request: RawRequest) -> Result<Exchange, CallError> {
         let mut run = Inflight::start(self, &request, false);
         loop {
             let attempt_cx = run.begin_attempt();

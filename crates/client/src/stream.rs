@@ -43,6 +43,8 @@ pub struct ChatStream {
     /// When waiting for the next chunk must end: the per-attempt timeout (as an idle limit) bounded by the
     /// call's deadline, re-armed after every chunk. A stalled upstream can't hold the caller past either.
     stall: Pin<Box<tokio::time::Sleep>>,
+    /// Resolves at shutdown ([`crate::Client::cancel_inflight`]): the stream then ends as `cancelled`.
+    cancelled: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl std::fmt::Debug for ChatStream {
@@ -63,7 +65,9 @@ impl ChatStream {
         require_done: bool,
     ) -> Self {
         let stall = Box::pin(tokio::time::sleep(run.attempt_timeout()));
+        let cancelled = Box::pin(run.client().cancelled());
         ChatStream {
+            cancelled,
             stall,
             run: Some(run),
             first: Some(first),
@@ -137,6 +141,12 @@ impl Stream for ChatStream {
         let this = &mut *self;
         if this.run.is_none() {
             return Poll::Ready(None);
+        }
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            // Shutdown: dropping the run writes the `cancelled` evidence before the final flush.
+            this.run = None;
+            this.outcome = Some(Outcome::Cancelled);
+            return Poll::Ready(Some(Err(StreamError::Interrupted)));
         }
         if let Some(first) = this.first.take() {
             if let Some(run) = this.run.as_mut() {

@@ -17,9 +17,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::MODEL;
+use futures_util::StreamExt as _;
+use retrybudget_client::ChatError;
 use retrybudget_client::{ChatRequest, Client, ClientConfig};
 use retrybudget_fake_upstream::{FakeUpstream, Step};
-use retrybudget_telemetry::export::{LOGS, METRICS, TRACES};
+use retrybudget_policy::Outcome;
+use retrybudget_telemetry::export::{EVIDENCE, LOGS, METRICS, TRACES};
 use retrybudget_telemetry::{OtlpConfig, OtlpProtocol, Telemetry, TelemetryConfig};
 use retrybudget_testkit::{Behavior, OtlpReceiver};
 
@@ -305,4 +308,79 @@ async fn hang_under_load_counts_drops_grpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hang_under_load_counts_drops_http() {
     hang_under_load(OtlpProtocol::HttpProtobuf).await;
+}
+
+/// At shutdown, calls still in flight when the grace period ends are cancelled and their `cancelled` evidence is
+/// written before the final flush; evidence written after close is counted as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_calls_in_flight_before_the_final_flush() {
+    let h = common::Harness::start(OtlpProtocol::HttpProtobuf).await;
+    // A call waiting for its head, and a stream committed then stalled: both would run for 30 s.
+    h.upstream.push([
+        Step::ok().delay(Duration::from_secs(30)),
+        Step::ok().chunk_delay(Duration::from_secs(30)),
+    ]);
+    let client = h.client.clone();
+    let waiting = tokio::spawn(async move { client.chat(&ChatRequest::user(MODEL, "hi")).await });
+    while h.upstream.attempts() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut stream = h
+        .client
+        .chat_stream(&ChatRequest::user(MODEL, "hi"))
+        .await
+        .unwrap();
+    assert!(
+        stream.next().await.unwrap().is_ok(),
+        "the stream is committed"
+    );
+    let streaming = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            if item.is_err() {
+                break;
+            }
+        }
+        stream.outcome()
+    });
+    assert_eq!(h.client.inflight(), 2, "both calls are in flight");
+    assert!(h.evidence_lines().is_empty(), "no evidence yet");
+
+    let started = Instant::now();
+    let left = h.client.cancel_inflight(Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert_eq!(left, 0, "every call ended");
+    assert!(
+        took < Duration::from_secs(2),
+        "cancelled promptly: {took:?}"
+    );
+    match waiting.await.unwrap() {
+        Err(ChatError::Call(e)) => assert_eq!(e.outcome, Outcome::Cancelled),
+        other => panic!("expected a cancelled call, got {other:?}"),
+    }
+    assert_eq!(streaming.await.unwrap(), Some(Outcome::Cancelled));
+
+    assert!(h.flush().await, "the final flush completes");
+    let lines = h.evidence_lines();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one record per cancelled attempt: {lines:?}"
+    );
+    for line in &lines {
+        assert_eq!(line["client_result"], "cancelled");
+        assert_eq!(line["terminal_outcome"], "cancelled");
+    }
+    let records = h
+        .receiver
+        .logs_with_event_name(retrybudget_telemetry::names::EVENT_ATTEMPT);
+    assert_eq!(records.len(), 2, "the OTLP records were flushed too");
+    assert_eq!(h.telemetry.dropped(EVIDENCE), 0);
+
+    // After close: a call is cancelled at once, and its evidence line, which can no longer be written, is counted.
+    let late = h.client.chat(&ChatRequest::user(MODEL, "hi")).await;
+    assert!(matches!(late, Err(ChatError::Call(ref e)) if e.outcome == Outcome::Cancelled));
+    assert_eq!(h.telemetry.dropped(EVIDENCE), 1, "the late line is counted");
+    assert_eq!(h.evidence_lines().len(), 2);
+    h.receiver.shutdown().await;
+    h.upstream.shutdown().await;
 }
