@@ -57,6 +57,9 @@ export RETRYBUDGET_BIN
 log "python: the official openai SDK through a running retrybudget proxy"
 $PY -m pytest -q -p no:cacheprovider tests/sdk
 
+log "python: callers retrying on top of the proxy (hand-written loop, openai SDK)"
+$PY -m pytest -q -p no:cacheprovider tests/caller
+
 log "python: operations kit (rules, configs, dashboards, every PromQL query against a real Prometheus)"
 $PY -m pytest -q -s -p no:cacheprovider tests/ops
 

@@ -8,18 +8,19 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::ArgMatches;
 use retrybudget_client::{Client, ClientConfig, ClientError};
-use retrybudget_proxy::{ProxyConfig, ProxyState};
+use retrybudget_proxy::{CallerConfig, ProxyConfig, ProxyState};
 use serde::Deserialize;
 
 use crate::cli::ProxyArgs;
 use crate::common::{init_telemetry, otlp_summary, shutdown_signal, shutdown_telemetry};
 use crate::config::{
-    FileSize, Layers, RetryFile, check_range, check_writable_parent, file_addr, file_size,
-    load_file, policy_config, printable_url, usage,
+    FileSize, Layers, RetryFile, check_range, check_writable_parent, file_addr, file_duration,
+    file_size, load_file, policy_config, printable_url, usage,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,9 +39,13 @@ struct ProxyFile {
     evidence_file: Option<PathBuf>,
     api_key_env: Option<String>,
     max_body: Option<FileSize>,
+    caller_retries: Option<String>,
+    caller_retry_window: Option<String>,
+    caller_retry_capacity: Option<u64>,
 }
 
 const DEFAULT_MAX_BODY: u64 = 8 << 20;
+const MAX_CALLER_RETRY_CAPACITY: u64 = 10_000_000;
 const MAX_MAX_BODY: u64 = 1 << 30;
 
 /// `retrybudget proxy`.
@@ -51,6 +56,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<ExitCode> {
     let layers = Layers::new(matches, config);
     let file: ProxyFile = load_file(config)?;
+    let caller = caller_config(&layers, args, &file, config)?;
     let listen = layers.pick_or(
         "listen",
         args.listen,
@@ -141,6 +147,7 @@ pub(crate) async fn run(
         client,
         ProxyConfig {
             max_body: usize::try_from(max_body.value).unwrap_or(usize::MAX),
+            caller,
             ..ProxyConfig::default()
         },
     );
@@ -155,12 +162,13 @@ pub(crate) async fn run(
         );
     }
     println!(
-        "retrybudget proxy listening on http://{addr} -> upstream {}; metrics at http://{addr}/metrics; {}; evidence file {}; API key {}",
+        "retrybudget proxy listening on http://{addr} -> upstream {}; metrics at http://{addr}/metrics; {}; evidence file {}; caller retries {}; API key {}",
         printable_url(&upstream.value),
         otlp_summary(),
         evidence
             .as_ref()
             .map_or_else(|| "off".to_owned(), |e| e.value.display().to_string()),
+        caller.mode.as_str(),
         if has_key {
             "injected when the caller sends none"
         } else {
@@ -183,4 +191,65 @@ pub(crate) async fn run(
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--caller-retries`, `--caller-retry-window` and `--caller-retry-capacity`, merged and range-checked.
+fn caller_config(
+    layers: &Layers<'_>,
+    args: &ProxyArgs,
+    file: &ProxyFile,
+    config: Option<&Path>,
+) -> anyhow::Result<CallerConfig> {
+    let defaults = CallerConfig::default();
+    let file_mode = file
+        .caller_retries
+        .as_deref()
+        .map(|v| {
+            crate::cli::parse_caller_retries(v)
+                .map_err(|e| usage(format!("{e} (config key `caller_retries`)")))
+        })
+        .transpose()?;
+    let mode = layers.pick_or(
+        "caller_retries",
+        args.caller_retries,
+        file_mode,
+        defaults.mode,
+    );
+    let window = layers.pick_or(
+        "caller_retry_window",
+        args.caller_retry_window,
+        file_duration(
+            config,
+            "caller_retry_window",
+            file.caller_retry_window.clone(),
+        )?,
+        defaults.window,
+    );
+    check_range(
+        layers,
+        "caller_retry_window",
+        &window,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        "a duration from 1s to 1h",
+    )?;
+    let capacity = layers.pick_or(
+        "caller_retry_capacity",
+        args.caller_retry_capacity,
+        file.caller_retry_capacity,
+        defaults.capacity as u64,
+    );
+    check_range(
+        layers,
+        "caller_retry_capacity",
+        &capacity,
+        16,
+        MAX_CALLER_RETRY_CAPACITY,
+        "a number from 16 to 10000000",
+    )?;
+    Ok(CallerConfig {
+        mode: mode.value,
+        window: window.value,
+        capacity: usize::try_from(capacity.value).unwrap_or(usize::MAX),
+    })
 }

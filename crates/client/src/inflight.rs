@@ -10,7 +10,7 @@ use opentelemetry::{Context, KeyValue};
 use retrybudget_policy::{AttemptResult, Call, Decision};
 use retrybudget_telemetry::names::*;
 use retrybudget_telemetry::redact::redact_url;
-use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
+use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, CallerRetry, ResponseFacts};
 
 use crate::Client;
 
@@ -24,6 +24,7 @@ pub(crate) struct Inflight {
     url_full: Option<String>,
     backoff_before: Option<(Duration, &'static str)>,
     client_retry_count: Option<u32>,
+    caller_retry: Option<CallerRetry>,
     pub(crate) facts: ResponseFacts,
     pub(crate) last_status: Option<u16>,
     done: bool,
@@ -115,6 +116,7 @@ impl Inflight {
             started: Instant::now(),
             backoff_before: None,
             client_retry_count: request.client_retry_count,
+            caller_retry: request.caller_retry,
             facts: ResponseFacts::default(),
             last_status: None,
             done: false,
@@ -224,6 +226,7 @@ impl Inflight {
                 None
             },
             client_retry_count: self.client_retry_count,
+            caller_retry: self.caller_retry,
             response: has_facts.then_some(&self.facts),
         }
         .emit(&self.client.inner.telemetry, &self.call_cx);

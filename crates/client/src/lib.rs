@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use retrybudget_policy::{
     AttemptResult, FailureKind, Outcome, Policy, PolicyConfig, ResponseHead, peek_error_body,
 };
-use retrybudget_telemetry::{ResponseFacts, Telemetry};
+use retrybudget_telemetry::{CallerRetry, ResponseFacts, Telemetry};
 use secrecy::{ExposeSecret as _, SecretString};
 
 pub use error::{CallError, ChatError, ClientError};
@@ -94,6 +94,9 @@ pub struct RawRequest {
     pub parent: opentelemetry::Context,
     /// The caller's own retry count (`x-stainless-retry-count`), if sent.
     pub client_retry_count: Option<u32>,
+    /// Set when this request is its caller's re-send of an earlier one (proxy mode): counted in
+    /// `retrybudget.client.nested_retries` and recorded on the logical span and in the evidence.
+    pub caller_retry: Option<CallerRetry>,
     /// The caller's deadline, if shorter than the configured one.
     pub deadline: Option<Duration>,
 }
@@ -113,6 +116,7 @@ impl RawRequest {
             temperature: None,
             parent: opentelemetry::Context::new(),
             client_retry_count: None,
+            caller_retry: None,
             deadline: None,
         }
     }

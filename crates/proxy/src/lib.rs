@@ -43,6 +43,7 @@
 //! # }
 //! ```
 
+mod caller;
 mod handler;
 mod request;
 mod response;
@@ -56,6 +57,7 @@ use axum::routing::{any, get, post};
 use retrybudget_client::{CHAT_COMPLETIONS, Client};
 use retrybudget_telemetry::Telemetry;
 
+pub use caller::{CallerConfig, CallerRetries};
 pub use response::{ATTEMPTS_HEADER, OUTCOME_HEADER, STREAM_INTERRUPTED_EVENT};
 
 /// How the proxy treats requests and shutdown.
@@ -65,6 +67,8 @@ pub struct ProxyConfig {
     pub max_body: usize,
     /// Longest wait for in-flight requests after the shutdown signal (default 10 s).
     pub shutdown_grace: Duration,
+    /// Recognising callers' own retries (`--caller-retries`, see [`CallerRetries`]).
+    pub caller: CallerConfig,
 }
 
 impl Default for ProxyConfig {
@@ -72,6 +76,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             max_body: 8 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            caller: CallerConfig::default(),
         }
     }
 }
@@ -81,6 +86,7 @@ impl Default for ProxyConfig {
 pub struct ProxyState {
     client: Client,
     config: Arc<ProxyConfig>,
+    callers: caller::CallerTable,
 }
 
 // === impl ProxyState ===
@@ -90,6 +96,7 @@ impl ProxyState {
     pub fn new(client: Client, config: ProxyConfig) -> ProxyState {
         ProxyState {
             client,
+            callers: caller::CallerTable::new(config.caller),
             config: Arc::new(config),
         }
     }
@@ -101,6 +108,10 @@ impl ProxyState {
 
     pub(crate) fn config(&self) -> &ProxyConfig {
         &self.config
+    }
+
+    pub(crate) fn callers(&self) -> &caller::CallerTable {
+        &self.callers
     }
 }
 

@@ -22,6 +22,7 @@ use opentelemetry::{Context, KeyValue};
 use crate::TelemetryError;
 use crate::export::{Dropped, EVIDENCE};
 use crate::names::*;
+use crate::nested::CallerRetry;
 use crate::pipeline::Telemetry;
 
 /// The labels every event of one logical call shares.
@@ -296,6 +297,8 @@ pub struct CallEvent<'a> {
     pub error_type: Option<Cow<'static, str>>,
     /// The caller's own retry count (proxy mode), when it sent one.
     pub client_retry_count: Option<u32>,
+    /// Set when the request was its caller's re-send (proxy mode): how it was recognised.
+    pub caller_retry: Option<CallerRetry>,
     /// Response facts (ids, model, finish reasons, usage), when a response arrived.
     pub response: Option<&'a ResponseFacts>,
 }
@@ -333,6 +336,10 @@ impl CallEvent<'_> {
         }
         if let Some(n) = self.client_retry_count {
             attrs.push(KeyValue::new(RB_CLIENT_RETRY_COUNT, i64::from(n)));
+        }
+        if let Some(r) = self.caller_retry {
+            attrs.push(KeyValue::new(RB_CALLER_RETRY_SOURCE, r.source.as_str()));
+            attrs.push(KeyValue::new(RB_CALLER_RETRY_ATTEMPT, i64::from(r.attempt)));
         }
         if let Some(e) = &self.error_type {
             attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
@@ -398,11 +405,18 @@ impl CallEvent<'_> {
         }
         i.operation_duration
             .record(self.duration.as_secs_f64(), &op_attrs);
-        // Adding 0 still creates the route's series, so dashboards and alerts see a 0, not "no data".
-        i.nested_retries.add(
-            u64::from(self.client_retry_count.is_some_and(|n| n > 0)),
-            &[route],
-        );
+        // One count per caller re-send, by how it was recognised. Adding 0 to the route's series otherwise
+        // still creates it, so dashboards and alerts see a 0, not "no data".
+        match self.caller_retry {
+            Some(r) => i.nested_retries.add(
+                1,
+                &[
+                    route,
+                    KeyValue::new(RB_CALLER_RETRY_SOURCE, r.source.as_str()),
+                ],
+            ),
+            None => i.nested_retries.add(0, &[route]),
+        }
         span.end();
     }
 }

@@ -14,12 +14,14 @@ pub mod config;
 pub mod evidence;
 pub mod export;
 pub mod names;
+mod nested;
 mod pipeline;
 mod propagation;
 pub mod redact;
 
 pub use config::{OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use evidence::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
+pub use nested::{CallerRetry, CallerRetrySource};
 pub use pipeline::Telemetry;
 pub use propagation::{extract_traceparent, traceparent};
 
