@@ -78,7 +78,8 @@ pub struct ProxyArgs {
     #[arg(long, env = "RETRYBUDGET_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: Option<u64>,
     /// Callers' own retries (the same request re-sent after a failure, an SDK retry header, a reused
-    /// Idempotency-Key): detect = count them, off = remember nothing [default: detect]
+    /// Idempotency-Key): budget = count them and make them pay from the shared retry budget (429 with
+    /// retry-after when it is empty), detect = only count them, off = remember nothing [default: budget]
     #[arg(long, env = "RETRYBUDGET_CALLER_RETRIES", value_name = "MODE", value_parser = parse_caller_retries)]
     pub caller_retries: Option<retrybudget_proxy::CallerRetries>,
     /// How long after a failure the same request from the same caller counts as its retry (1s to 1h) [default: 60s]
@@ -228,7 +229,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e}; expected a duration such as 500ms, 30s or 5m"))
 }
 
-/// Parses `--caller-retries` (`detect`, `off`).
+/// Parses `--caller-retries` (`budget`, `detect`, `off`).
 pub fn parse_caller_retries(text: &str) -> Result<retrybudget_proxy::CallerRetries, String> {
     retrybudget_proxy::CallerRetries::parse(text).ok_or_else(|| {
         format!(

@@ -101,6 +101,11 @@ pub struct RawRequest {
     /// Set when this request is its caller's re-send of an earlier one (proxy mode): counted in
     /// `retrybudget.client.nested_retries` and recorded on the logical span and in the evidence.
     pub caller_retry: Option<CallerRetry>,
+    /// With a `caller_retry`: its first attempt withdraws from the shared budget like a retry (instead of
+    /// depositing like new traffic) and its allowance counts the caller's earlier attempts; when the budget
+    /// cannot pay, [`Client::send`] makes no attempt and returns a `budget_exhausted` [`CallError`] with a
+    /// `retry_after_secs`.
+    pub caller_retry_pays: bool,
     /// The caller's deadline, if shorter than the configured one.
     pub deadline: Option<Duration>,
 }
@@ -121,6 +126,7 @@ impl RawRequest {
             parent: opentelemetry::Context::new(),
             client_retry_count: None,
             caller_retry: None,
+            caller_retry_pays: false,
             deadline: None,
         }
     }
@@ -316,6 +322,15 @@ impl Client {
     /// one arrived (whatever its status), else the [`CallError`].
     pub async fn send(&self, request: RawRequest) -> Result<Exchange, CallError> {
         let mut run = Inflight::start(self, &request, false);
+        if let Some(retry_after_secs) = run.refuse_unpaid_resend() {
+            return Err(CallError {
+                outcome: Outcome::BudgetExhausted,
+                attempts: 0,
+                last_status: None,
+                error_type: None,
+                retry_after_secs: Some(retry_after_secs),
+            });
+        }
         loop {
             let attempt_cx = run.begin_attempt();
             let timeout = run.attempt_timeout();
@@ -390,6 +405,7 @@ impl Client {
                             attempts: d.attempt + 1,
                             last_status: run.last_status,
                             error_type: d.error_type.map(|e| e.to_string()),
+                            retry_after_secs: None,
                         });
                     }
                     d

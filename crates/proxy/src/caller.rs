@@ -21,7 +21,18 @@
 //! counted as retrying — which, for the upstream, it is. Callers without any credential share one (empty)
 //! credential, so two anonymous callers sending the same bytes are linked. `--caller-retries off` turns the
 //! table off (nothing is hashed or remembered; only the SDK's retry header is still recorded);
-//! `--caller-retries detect` (the default) counts them.
+//! `--caller-retries detect` counts them without spending budget on them.
+//!
+//! # Spending budget on them (`--caller-retries budget`, the default)
+//! A recognised re-send starts with `Policy::start_caller_retry`: its first attempt *withdraws* one token from
+//! the shared budget like one of our retries (instead of depositing like new traffic), and its attempt
+//! allowance counts the upstream attempts the proxy already made for the earlier sends. When the budget cannot
+//! pay, the proxy answers at once, without an upstream call: 429, `retry-after` = the budget's refill time,
+//! and an OpenAI-shaped error `retry_budget_exhausted` (outcome `budget_exhausted`, decision
+//! `stop_budget_exhausted`). Under a sustained outage the upstream therefore sees at most
+//! `(1 + ratio) × distinct requests + the floor's min_retries_per_sec × time` attempts, however many times the
+//! callers re-send. A false positive (see above) costs the caller a budget token, or a fast 429 during an
+//! outage; `detect` keeps the counting without that cost.
 //!
 //! # What must never happen
 //! - **Storing or exporting content or credentials**: the table holds 128-bit keyed hashes (SipHash with a
@@ -50,27 +61,33 @@ pub enum CallerRetries {
     /// No table: nothing is hashed or remembered. The SDK's retry header is still recorded (source `header`).
     Off,
     /// Recognise and count caller retries; they still deposit into the budget like fresh traffic.
-    #[default]
     Detect,
+    /// Recognise, count, and spend budget on them: a caller retry's first attempt withdraws from the shared
+    /// budget like a retry (answered at once with a 429 when it cannot pay), and its attempt allowance counts
+    /// the caller's earlier attempts.
+    #[default]
+    Budget,
 }
 
 impl CallerRetries {
     /// The flag's values, as written on the command line.
-    pub const NAMES: [&'static str; 2] = ["detect", "off"];
+    pub const NAMES: [&'static str; 3] = ["detect", "budget", "off"];
 
     /// The flag value.
     pub fn as_str(self) -> &'static str {
         match self {
             CallerRetries::Off => "off",
             CallerRetries::Detect => "detect",
+            CallerRetries::Budget => "budget",
         }
     }
 
-    /// Parses a flag value (`detect`, `off`).
+    /// Parses a flag value (`detect`, `budget`, `off`).
     pub fn parse(text: &str) -> Option<CallerRetries> {
         match text.trim().to_ascii_lowercase().as_str() {
             "off" => Some(CallerRetries::Off),
             "detect" => Some(CallerRetries::Detect),
+            "budget" => Some(CallerRetries::Budget),
             _ => None,
         }
     }
@@ -696,9 +713,9 @@ mod tests {
         for name in CallerRetries::NAMES {
             assert_eq!(CallerRetries::parse(name).unwrap().as_str(), name);
         }
-        assert_eq!(CallerRetries::parse("DETECT"), Some(CallerRetries::Detect));
+        assert_eq!(CallerRetries::parse("BUDGET"), Some(CallerRetries::Budget));
         assert_eq!(CallerRetries::parse("yes"), None);
-        assert_eq!(CallerRetries::default(), CallerRetries::Detect);
+        assert_eq!(CallerRetries::default(), CallerRetries::Budget);
         assert_eq!(
             CallerTable::header_only(Some(1)).map(|r| r.source),
             Some(CallerRetrySource::Header)

@@ -152,5 +152,6 @@ fn caller_retry(state: &ProxyState, parts: &Parts, raw: &mut RawRequest) -> Opti
     let keys = table.keys(&parts.method, &raw.url_template, &parts.headers, &raw.body);
     let pending = Pending::new(table.clone(), table.arrive(keys, raw.client_retry_count));
     raw.caller_retry = pending.retry();
+    raw.caller_retry_pays = table.config().mode == CallerRetries::Budget;
     Some(pending)
 }

@@ -58,7 +58,9 @@ use retrybudget_client::{CHAT_COMPLETIONS, Client};
 use retrybudget_telemetry::Telemetry;
 
 pub use caller::{CallerConfig, CallerRetries};
-pub use response::{ATTEMPTS_HEADER, OUTCOME_HEADER, STREAM_INTERRUPTED_EVENT};
+pub use response::{
+    ATTEMPTS_HEADER, OUTCOME_HEADER, RETRY_BUDGET_EXHAUSTED, STREAM_INTERRUPTED_EVENT,
+};
 
 /// How the proxy treats requests and shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -83,6 +83,8 @@ pub struct AttemptEvent<'a> {
     pub terminal: Option<(&'static str, &'static str)>,
     /// `network.protocol.version`, when known.
     pub protocol_version: Option<&'static str>,
+    /// Set when the call is its caller's re-send (proxy mode): written to the evidence record.
+    pub caller_retry: Option<CallerRetry>,
 }
 
 impl AttemptEvent<'_> {
@@ -145,8 +147,13 @@ impl AttemptEvent<'_> {
             http_attrs.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(s)));
         }
         i.attempts.add(1, &attempt_attrs);
-        // A request refused by local validation never left: it has evidence, but no HTTP duration.
-        if self.error_type.as_deref() != Some("validation_error") {
+        // A request refused by local validation never left: it has evidence, but no HTTP duration. Neither did
+        // a caller's re-send the budget refused to pay for: stopped for the budget without any response or
+        // transport error (every other budget stop follows a failed attempt).
+        let refused_resend = self.decision == "stop_budget_exhausted"
+            && self.status.is_none()
+            && self.error_type.is_none();
+        if self.error_type.as_deref() != Some("validation_error") && !refused_resend {
             i.http_duration
                 .record(self.duration.as_secs_f64(), &http_attrs);
         }
@@ -223,6 +230,8 @@ impl AttemptEvent<'_> {
                 decision: self.decision.into(),
                 client_result: self.terminal.map(|(_, r)| r.into()),
                 terminal_outcome: self.terminal.map(|(o, _)| o.into()),
+                caller_retry: self.caller_retry.map(|r| r.source.as_str().into()),
+                caller_attempt: self.caller_retry.map(|r| r.attempt),
                 operator_note: note.into(),
                 trace_id: ctx.trace_id().to_string().into(),
                 span_id: ctx.span_id().to_string().into(),
