@@ -354,6 +354,36 @@ pub(crate) fn api_key(
     }
 }
 
+/// Reads a secret (e.g. the caller token) from the variable *named* by setting `id`; like [`api_key`], only
+/// the variable's name ever appears in a message.
+pub(crate) fn secret_from_env(
+    layers: &Layers<'_>,
+    id: &str,
+    setting: Option<Setting<String>>,
+) -> anyhow::Result<Option<SecretString>> {
+    let Some(s) = setting else {
+        return Ok(None);
+    };
+    let name = s.value.trim();
+    let place = layers.describe(id, s.src);
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return Err(usage(format!(
+            "invalid value {:?} for {place}: expected the NAME of an environment variable",
+            s.value
+        )));
+    }
+    match std::env::var(name) {
+        Ok(v) if v.trim().len() >= 16 => Ok(Some(SecretString::from(v.trim().to_owned()))),
+        Ok(_) => Err(usage(format!(
+            "{place} names {name}, which holds fewer than 16 characters: put a long random token in {name} \
+             (e.g. `openssl rand -hex 32`)"
+        ))),
+        Err(_) => Err(usage(format!(
+            "{place} names {name}, which is not set: export {name} with the caller token, or drop the setting"
+        ))),
+    }
+}
+
 /// A URL safe to print: no userinfo, secret query values replaced (anything unparsable is not printed).
 pub(crate) fn printable_url(raw: &str) -> String {
     retrybudget_telemetry::redact::redact_url(raw).unwrap_or_else(|| "<unparsable URL>".to_owned())

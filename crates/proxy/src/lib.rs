@@ -43,12 +43,16 @@
 //! # }
 //! ```
 
+mod access;
 mod caller;
+mod guard;
 mod handler;
+mod listener;
+mod path;
 mod request;
 mod response;
 
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,14 +60,17 @@ use axum::Router;
 use axum::routing::{any, get, post};
 use retrybudget_client::{CHAT_COMPLETIONS, Client};
 use retrybudget_telemetry::Telemetry;
+use tokio::sync::Semaphore;
 
+pub use access::Access;
 pub use caller::{CallerConfig, CallerRetries};
+pub use listener::Limits;
 pub use response::{
     ATTEMPTS_HEADER, OUTCOME_HEADER, RETRY_BUDGET_EXHAUSTED, STREAM_INTERRUPTED_EVENT,
 };
 
 /// How the proxy treats requests and shutdown.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// Largest request body accepted, in bytes (default 8 MiB); a larger one gets 413 and never leaves.
     pub max_body: usize,
@@ -71,6 +78,10 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// Recognising callers' own retries (`--caller-retries`, see [`CallerRetries`]).
     pub caller: CallerConfig,
+    /// Who may use the proxy (and its key), and how the key is sent.
+    pub access: Access,
+    /// Timeouts and caps of the listener and of request handling.
+    pub limits: Limits,
 }
 
 impl Default for ProxyConfig {
@@ -79,16 +90,20 @@ impl Default for ProxyConfig {
             max_body: 8 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             caller: CallerConfig::default(),
+            access: Access::default(),
+            limits: Limits::default(),
         }
     }
 }
 
-/// What every handler shares: the client (policy, budgets, telemetry) and the settings. Cheap to clone.
+/// What every handler shares: the client (policy, budgets, telemetry), the settings and the in-flight cap.
+/// Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ProxyState {
     client: Client,
     config: Arc<ProxyConfig>,
     callers: caller::CallerTable,
+    in_flight: Arc<Semaphore>,
 }
 
 // === impl ProxyState ===
@@ -96,10 +111,12 @@ pub struct ProxyState {
 impl ProxyState {
     /// Wraps `client` (whose telemetry also serves `/metrics`).
     pub fn new(client: Client, config: ProxyConfig) -> ProxyState {
+        let in_flight = Arc::new(Semaphore::new(config.limits.max_in_flight.max(1)));
         ProxyState {
             client,
             callers: caller::CallerTable::new(config.caller),
             config: Arc::new(config),
+            in_flight,
         }
     }
 
@@ -115,6 +132,20 @@ impl ProxyState {
     pub(crate) fn callers(&self) -> &caller::CallerTable {
         &self.callers
     }
+
+    pub(crate) fn in_flight(&self) -> &Arc<Semaphore> {
+        &self.in_flight
+    }
+
+    /// The same state, with the listen address among the accepted `Host`s.
+    fn listening_on(self, addr: std::net::SocketAddr) -> ProxyState {
+        let mut config = (*self.config).clone();
+        config.access.listen_addr = Some(addr);
+        ProxyState {
+            config: Arc::new(config),
+            ..self
+        }
+    }
 }
 
 /// `GET /metrics` (the Prometheus exposition of `telemetry`) and `GET /healthz`: the proxy's, and on their own
@@ -126,7 +157,8 @@ pub fn observability<S>(telemetry: Telemetry) -> Router<S> {
         .with_state(telemetry)
 }
 
-/// The proxy's routes, ready for `axum::serve` or for `tower::ServiceExt::oneshot` in tests.
+/// The proxy's routes, ready for `axum::serve` or for `tower::ServiceExt::oneshot` in tests. Every route but
+/// `/healthz` is behind the access checks of [`Access`].
 pub fn app(state: ProxyState) -> Router {
     Router::new()
         .merge(observability(state.client().telemetry().clone()))
@@ -137,12 +169,16 @@ pub fn app(state: ProxyState) -> Router {
         )
         .route("/v1/{*rest}", any(handler::forward))
         .fallback(handler::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .with_state(state)
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes; then stops accepting and lets in-flight requests
-/// finish, but waits at most [`ProxyConfig::shutdown_grace`] after the signal before returning. The caller
-/// flushes telemetry afterwards.
+/// Serves [`app`] on `listener` within [`ProxyConfig::limits`] until `shutdown` completes; then stops
+/// accepting, lets in-flight requests finish, but waits at most [`ProxyConfig::shutdown_grace`] after the
+/// signal before returning. The caller flushes telemetry afterwards.
 ///
 /// Connections still open when the grace period ends are not waited for; they end when the runtime shuts
 /// down.
@@ -151,24 +187,16 @@ pub async fn serve(
     state: ProxyState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let grace = state.config().shutdown_grace;
-    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = signalled.send(());
-    };
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(signal)
-        .into_future();
-    let deadline = async move {
-        match on_signal.await {
-            Ok(()) => tokio::time::sleep(grace).await,
-            // The server ended before any signal: nothing to time out.
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        result = server => result,
-        () = deadline => Ok(()),
-    }
+    let state = state.listening_on(listener.local_addr()?);
+    let config = Arc::clone(&state.config);
+    let telemetry = state.client().telemetry().clone();
+    listener::serve(
+        listener,
+        app(state),
+        config.limits.clone(),
+        telemetry,
+        config.shutdown_grace,
+        shutdown,
+    )
+    .await
 }
