@@ -65,6 +65,8 @@ $PY -m pytest -q -p no:cacheprovider tests/sdk
 
 log "python: callers retrying on top of the proxy (hand-written loop, openai SDK)"
 $PY -m pytest -q -p no:cacheprovider tests/caller
+log "python: security suite against a running proxy holding a key (SECURITY.md maps each test to its threat)"
+$PY -m pytest -q -p no:cacheprovider tests/security
 
 log "python: operations kit (rules, configs, dashboards, every PromQL query against a real Prometheus)"
 $PY -m pytest -q -s -p no:cacheprovider tests/ops

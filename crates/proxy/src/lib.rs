@@ -69,6 +69,27 @@ pub use response::{
     ATTEMPTS_HEADER, OUTCOME_HEADER, RETRY_BUDGET_EXHAUSTED, STREAM_INTERRUPTED_EVENT,
 };
 
+/// Not API: entry points for the fuzz targets in `fuzz/` (chat validation and path checks stay crate-private).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Local chat-request validation: the model and `stream` flag of a valid body, or the caller's error message.
+    pub fn validate_chat(body: &[u8]) -> Result<(String, bool), String> {
+        crate::request::validate_chat(body)
+            .map(|f| (f.model, f.stream))
+            .map_err(|e| e.message)
+    }
+
+    /// The `/v1/*` path rules (dot segments, encoded separators, bad escapes…), with the refusal's message.
+    pub fn check_path(path: &str) -> Result<(), &'static str> {
+        crate::path::check(path).map_err(|e| e.message())
+    }
+
+    /// The last check: `base` + `path_and_query` must stay under the base's `/v1/`.
+    pub fn check_joined(base: &str, path_and_query: &str) -> Result<(), &'static str> {
+        crate::path::check_joined(base, path_and_query).map_err(|e| e.message())
+    }
+}
+
 /// How the proxy treats requests and shutdown.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
