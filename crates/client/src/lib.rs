@@ -405,8 +405,9 @@ impl Client {
         let mut headers = request.headers.clone();
         headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
-        if let Some(tp) =
-            retrybudget_telemetry::traceparent(cx).and_then(|v| HeaderValue::from_str(&v).ok())
+        // The formatted string becomes the header value's buffer (no second copy).
+        if let Some(tp) = retrybudget_telemetry::traceparent(cx)
+            .and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok())
         {
             headers.insert("traceparent", tp);
         }
@@ -426,13 +427,14 @@ impl Client {
             .body(request.body.clone())
             .send()
             .await;
-        let response = match sent {
+        let mut response = match sent {
             Ok(r) => r,
             Err(e) => return Output::Failed(failure_kind(&e)),
         };
         let status = response.status();
         let version = protocol_version(response.version());
-        let headers = response.headers().clone();
+        // Taken, not cloned: the body below needs only the response's stream.
+        let headers = std::mem::take(response.headers_mut());
         // An upstream that ignores `stream` and answers JSON takes the buffered path, not the SSE one.
         let is_sse = headers
             .get(header::CONTENT_TYPE)
