@@ -46,15 +46,16 @@ impl Inflight {
                 inner
                     .redacted_base
                     .as_deref()
-                    .unwrap_or(&inner.server_address),
-                model
-            ),
+                    .unwrap_or(inner.server_address.as_str()),
+                model.as_str()
+            )
+            .into(),
             operation: gen_ai_operation(&request.url_template),
             model,
             server_address: inner.server_address.clone(),
             server_port: inner.server_port,
-            url_template: request.url_template.clone().into(),
-            method: request.method.as_str().to_owned().into(),
+            url_template: CallLabels::shared(request.url_template.as_str()),
+            method: method_label(&request.method),
         };
         let mut attrs = vec![
             KeyValue::new(GEN_AI_OPERATION_NAME, labels.operation),
@@ -91,7 +92,7 @@ impl Inflight {
                 .start_local_call(client.now(), client.next_seed())
         } else {
             inner.policy.start_call(
-                &labels.scope,
+                labels.scope.as_str(),
                 client.now(),
                 request.deadline,
                 client.next_seed(),
@@ -239,4 +240,22 @@ impl Drop for Inflight {
         self.emit_attempt(&decision, None, None);
         self.emit_call(&decision);
     }
+}
+
+/// `http.request.method` as a label: the standard methods as static strings (no allocation per call).
+fn method_label(method: &http::Method) -> opentelemetry::StringValue {
+    use http::Method;
+    let known = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => return CallLabels::shared(method.as_str()),
+    };
+    known.into()
 }

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use opentelemetry::StringValue;
 use retrybudget_policy::{
     AttemptResult, FailureKind, Outcome, Policy, PolicyConfig, ResponseHead, peek_error_body,
 };
-use retrybudget_telemetry::{ModelLabels, ResponseFacts, Telemetry};
+use retrybudget_telemetry::{CallLabels, ModelLabels, ResponseFacts, Telemetry};
 use secrecy::{ExposeSecret as _, SecretString};
 
 pub use error::{CallError, ChatError, ClientError};
@@ -160,10 +161,11 @@ struct Inner {
     base: String,
     /// `base` as `url.full` may show it (see `redact_url`), without a trailing slash.
     redacted_base: Option<String>,
-    server_address: String,
+    /// Label values below are shared buffers (see `CallLabels`): built once per client, cloned per call for free.
+    server_address: StringValue,
     server_port: u16,
-    provider: String,
-    route: String,
+    provider: StringValue,
+    route: StringValue,
     api_key: Option<SecretString>,
     /// The route's bounded model labels (metric labels and budget scopes).
     models: ModelLabels,
@@ -221,10 +223,10 @@ impl Client {
                 redacted_base: retrybudget_telemetry::redact::redact_url(&base)
                     .map(|b| b.trim_end_matches('/').to_owned()),
                 base,
-                server_address,
+                server_address: CallLabels::shared(server_address),
                 server_port,
-                provider: config.provider_name,
-                route: config.route_name,
+                provider: CallLabels::shared(config.provider_name),
+                route: CallLabels::shared(config.route_name),
                 api_key: config.api_key,
                 models: ModelLabels::new(config.max_models_per_route),
                 origin,
