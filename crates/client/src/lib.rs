@@ -101,6 +101,9 @@ pub struct RawRequest {
     pub client_retry_count: Option<u32>,
     /// The caller's deadline, if shorter than the configured one.
     pub deadline: Option<Duration>,
+    /// Whether the request may be sent more than once (see `retrybudget_policy::repeatable`); when false the
+    /// call has an allowance of one attempt.
+    pub repeatable: bool,
 }
 
 impl RawRequest {
@@ -119,6 +122,7 @@ impl RawRequest {
             parent: opentelemetry::Context::new(),
             client_retry_count: None,
             deadline: None,
+            repeatable: true,
         }
     }
 }
@@ -157,6 +161,8 @@ pub struct Client {
 struct Inner {
     http: reqwest::Client,
     policy: Policy,
+    /// The same policy with an allowance of one attempt, for requests that are not repeatable.
+    once: Policy,
     telemetry: Telemetry,
     base: String,
     /// `base` as `url.full` may show it (see `redact_url`), without a trailing slash.
@@ -193,6 +199,10 @@ impl Client {
         if base.ends_with("/v1") {
             base.truncate(base.len() - 3);
         }
+        let once = Policy::new(PolicyConfig {
+            max_attempts: 1,
+            ..config.policy.clone()
+        })?;
         let policy = Policy::new(config.policy)?;
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -219,6 +229,7 @@ impl Client {
             inner: Arc::new(Inner {
                 http,
                 policy,
+                once,
                 telemetry,
                 redacted_base: retrybudget_telemetry::redact::redact_url(&base)
                     .map(|b| b.trim_end_matches('/').to_owned()),
@@ -233,6 +244,11 @@ impl Client {
                 seeds: AtomicU64::new(seed),
             }),
         })
+    }
+
+    /// The upstream base URL requests are joined to (without a trailing `/` or `/v1`).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
     }
 
     /// The policy (and its budgets).

@@ -20,8 +20,11 @@ use retrybudget_client::ChatStream;
 use retrybudget_client::{CallError, Exchange, ExchangeBody};
 use retrybudget_policy::Outcome;
 use retrybudget_telemetry::Telemetry;
+
+use crate::access::Refusal;
+use crate::listener::RETRY_AFTER_SECS;
 use retrybudget_telemetry::names::{
-    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE,
+    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, http_method_label,
 };
 
 /// Response header: attempts the proxy made upstream for this request (0 when it never left).
@@ -34,6 +37,7 @@ pub const STREAM_INTERRUPTED_EVENT: &str = "data: {\"error\":{\"message\":\"upst
 const JSON: &str = "application/json";
 const INVALID_REQUEST: &str = "invalid_request_error";
 const UPSTREAM_ERROR: &str = "upstream_error";
+const OVERLOADED: &str = "overloaded_error";
 
 // === errors of our own ===
 
@@ -83,6 +87,89 @@ pub(crate) fn too_large(max: usize, outcome: Outcome) -> Response {
         None,
         0,
         outcome,
+    )
+}
+
+/// The local answer to a refused request ([`Refusal`]): nothing was sent upstream, so 0 attempts.
+pub(crate) fn refused(refusal: Refusal) -> Response {
+    let (status, message, code) = match refusal {
+        Refusal::Host => (
+            StatusCode::FORBIDDEN,
+            "the Host of this request is not one the retrybudget proxy serves; call it as localhost or 127.0.0.1, \
+             or start it with --allowed-host NAME",
+            "host_not_allowed",
+        ),
+        Refusal::Origin => (
+            StatusCode::FORBIDDEN,
+            "browser requests (with an Origin header) are refused; start the proxy with --allowed-origin ORIGIN \
+             to allow this origin",
+            "origin_not_allowed",
+        ),
+        Refusal::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            "this proxy requires its caller token: send Authorization: Bearer <token> (the value of the variable \
+             named by --caller-token-env)",
+            "invalid_api_key",
+        ),
+        Refusal::ContentType => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the request body must be sent with content-type: application/json",
+            "unsupported_media_type",
+        ),
+        Refusal::Path => (
+            StatusCode::BAD_REQUEST,
+            "the path is not a plain /v1/ path",
+            "invalid_path",
+        ),
+        Refusal::BodyTimeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive within the proxy's body-read timeout; send it faster or raise \
+             --body-read-timeout",
+            "body_timeout",
+        ),
+        Refusal::Overloaded => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the retrybudget proxy has too many requests in flight; retry shortly or raise --max-in-flight",
+            "too_many_requests_in_flight",
+        ),
+    };
+    let kind = if status == StatusCode::SERVICE_UNAVAILABLE {
+        OVERLOADED
+    } else {
+        INVALID_REQUEST
+    };
+    let mut response = error_response(
+        status,
+        message,
+        kind,
+        Some(code),
+        None,
+        0,
+        Outcome::FailedWithoutRetry,
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    if status == StatusCode::REQUEST_TIMEOUT {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// 400 for a path that may not be joined to the upstream; `message` is [`crate::path::PathError::message`].
+pub(crate) fn bad_path(message: &str) -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        message,
+        INVALID_REQUEST,
+        Some("invalid_path"),
+        None,
+        0,
+        Outcome::FailedWithoutRetry,
     )
 }
 
@@ -253,7 +340,7 @@ impl ServerSpan {
         method: &Method,
         route: &'static str,
     ) -> Self {
-        let method = known_method(method);
+        let method = http_method_label(method.as_str());
         let attributes = vec![
             KeyValue::new(HTTP_REQUEST_METHOD, method),
             KeyValue::new(HTTP_ROUTE, route),
@@ -294,22 +381,6 @@ impl Drop for ServerSpan {
         if !self.ended {
             self.cx.span().end();
         }
-    }
-}
-
-/// `http.request.method` must be a known method or `_OTHER` (semconv), to keep cardinality bounded.
-fn known_method(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "_OTHER",
     }
 }
 
