@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 
 /// Most heap allocations one proxied non-streaming chat call may make on the request path (server, handler,
 /// client, evidence), steady state on a kept-alive connection. Measured 208–211 when first set, 171–173 after
-/// the label and header cuts (debug build).
+/// the label and header cuts, 180–183 with the proxy's access checks and limits (debug build).
 const CALL_BUDGET: u64 = 190;
 /// Most heap allocations relaying one SSE chunk may make (upstream read, the client's stream bookkeeping,
 /// the relay, the server's write), on average over the chunks of a few streams. Measured 9.5 when first set,
