@@ -176,7 +176,10 @@ FULL_ENV=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$ROTEL_HTTP" OTEL_EXPORT
     OTEL_METRIC_EXPORT_INTERVAL=5000 OTEL_SERVICE_NAME=retrybudget-bench)
 # `env -u` so a caller's own OTEL_* settings cannot switch evidence on for the "off" proxy.
 OFF_CMD=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
-    -u OTEL_EXPORTER_OTLP_LOGS_ENDPOINT -u RETRYBUDGET_EVIDENCE_FILE)
+    -u OTEL_EXPORTER_OTLP_LOGS_ENDPOINT -u RETRYBUDGET_EVIDENCE_FILE
+    # The proxy's admission limits (default 1024 connections, 256 requests in flight) would refuse the
+    # 1000-stream and 1024-connection loads with 503s; the bench measures the hop, not the limits.
+    RETRYBUDGET_MAX_CONNECTIONS=8192 RETRYBUDGET_MAX_IN_FLIGHT=8192)
 start_proxy() { # name log-file command...: starts it, waits for /healthz, sets ${name}_PID and ${name}_ADDR
     local name=$1 log=$2
     shift 2
