@@ -11,7 +11,7 @@ import time
 import openai
 import pytest
 
-from conftest import CALLER_TOKEN, PROVIDER_KEY, binary, free_port
+from sec_stack import CALLER_TOKEN, PROVIDER_KEY, binary, free_port
 
 CHAT = json.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "Say OK."}]}).encode()
 MSG = [{"role": "user", "content": "Say OK."}]
@@ -380,3 +380,20 @@ def test_an_idle_keep_alive_connection_is_closed(fresh):
             started = time.monotonic()
             assert s.recv(4096) == b""  # closed by the proxy, not by us
             assert 0.4 <= time.monotonic() - started <= 2.5
+
+
+# === 6. upstream bodies ===
+
+
+def test_an_upstream_answer_above_the_buffer_cap_fails_as_invalid_response(fresh):
+    with proxy_with(fresh, "--max-response-body", "4KiB"):
+        # Error answers are buffered (their error code is read); this one is ~20 KB.
+        fresh.control("POST", "/_control/script", [{"status": 400, "error_type": "x" * 20000}])
+        status, headers, body = post_chat(fresh.port)
+        error = json.loads(body)["error"]
+        assert status == 502 and error["code"] == "invalid_response", body[:300]
+        assert "--max-response-body" in error["message"]
+        assert "xxxx" not in body.decode()
+        assert headers["x-retrybudget-attempts"] == "1"
+        # A normal answer under the cap still passes.
+        assert post_chat(fresh.port)[0] == 200

@@ -111,6 +111,11 @@ pub struct ProxyArgs {
     /// Largest request body accepted, in bytes or with a unit (8MiB, 512KiB) [default: 8MiB]
     #[arg(long, env = "RETRYBUDGET_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: Option<u64>,
+    /// Largest upstream answer buffered whole (errors, chat completions); a larger one fails as
+    /// invalid_response. Streams and other successful answers pass through unbuffered (1KiB to 1GiB)
+    /// [default: 32MiB]
+    #[arg(long, env = "RETRYBUDGET_MAX_RESPONSE_BODY", value_name = "SIZE", value_parser = parse_size)]
+    pub max_response_body: Option<u64>,
     /// Longest time to receive a request head, from its first byte (10ms to 10m) [default: 10s]
     #[arg(long, env = "RETRYBUDGET_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub header_read_timeout: Option<Duration>,

@@ -50,6 +50,7 @@ struct ProxyFile {
     #[serde(default)]
     allowed_origin: Vec<String>,
     max_body: Option<FileSize>,
+    max_response_body: Option<FileSize>,
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -98,6 +99,7 @@ fn evidence_rotation(
     })
 }
 const MAX_MAX_BODY: u64 = 1 << 30;
+const DEFAULT_MAX_RESPONSE_BODY: u64 = 32 << 20;
 
 /// `retrybudget proxy`.
 pub(crate) async fn run(
@@ -165,6 +167,20 @@ pub(crate) async fn run(
         MAX_MAX_BODY,
         "a size from 1 byte to 1GiB",
     )?;
+    let max_response_body = layers.pick_or(
+        "max_response_body",
+        args.max_response_body,
+        file_size(config, "max_response_body", file.max_response_body)?,
+        DEFAULT_MAX_RESPONSE_BODY,
+    );
+    check_range(
+        &layers,
+        "max_response_body",
+        &max_response_body,
+        1024,
+        MAX_MAX_BODY,
+        "a size from 1KiB to 1GiB",
+    )?;
     let evidence = layers.pick(
         "evidence_file",
         args.evidence_file.clone(),
@@ -217,6 +233,8 @@ pub(crate) async fn run(
     client_config.policy = policy;
     // The proxy injects the key itself (into the configured header, replacing the caller's credential).
     client_config.api_key = None;
+    client_config.max_response_body =
+        usize::try_from(max_response_body.value).unwrap_or(usize::MAX);
     let client = Client::new(client_config, telemetry.clone()).map_err(|e| match e {
         ClientError::BaseUrl { .. } => usage(format!(
             "{e} ({})",

@@ -7,19 +7,20 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
+use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
-#[cfg(doc)]
-use retrybudget_client::ChatStream;
-use retrybudget_client::{CallError, Exchange, ExchangeBody};
+use retrybudget_client::{CallError, ChatStream, Exchange, ExchangeBody, StreamError};
 use retrybudget_policy::Outcome;
 use retrybudget_telemetry::Telemetry;
+use tokio::sync::mpsc;
 
 use crate::access::Refusal;
 use crate::listener::RETRY_AFTER_SECS;
@@ -211,9 +212,16 @@ pub(crate) fn upstream_failed(error: &CallError) -> Response {
         StatusCode::BAD_GATEWAY
     };
     let code = error.error_type.as_deref();
+    let mut message = error.to_string();
+    if code == Some("invalid_response") {
+        message.push_str(
+            "; the upstream's answer was not usable: larger than the proxy's --max-response-body, or not the \
+             JSON it should be",
+        );
+    }
     error_response(
         status,
-        &error.to_string(),
+        &message,
         UPSTREAM_ERROR,
         code,
         None,
@@ -239,7 +247,20 @@ fn is_relayed(name: &HeaderName) -> bool {
 pub(crate) fn relay(exchange: Exchange) -> Response {
     let body = match exchange.body {
         ExchangeBody::Full(bytes) => Body::from(bytes),
-        ExchangeBody::Stream(stream) => Body::from_stream(SseRelay::new(stream)),
+        ExchangeBody::Stream(stream) => {
+            let is_sse = exchange
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            let chunks = Pumped(pump(stream));
+            if is_sse {
+                Body::from_stream(SseRelay::new(chunks))
+            } else {
+                // Not SSE: an interruption aborts the body (the caller sees a broken transfer, not an event).
+                Body::from_stream(chunks)
+            }
+        }
     };
     let mut response = Response::new(body);
     *response.status_mut() = exchange.status;
@@ -254,6 +275,50 @@ pub(crate) fn relay(exchange: Exchange) -> Response {
 fn mark(headers: &mut HeaderMap, attempts: u32, outcome: Outcome) {
     headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
     headers.insert(OUTCOME_HEADER, HeaderValue::from_static(outcome.as_str()));
+}
+
+/// Chunks of a body passed through, at most this many waiting for a slow reader.
+const PUMP_CHUNKS: usize = 8;
+/// How long the last chunk of an ended stream may wait for a reader that stopped reading.
+const LAST_CHUNK_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads a committed stream on a task of its own, so that its idle limit and deadline hold even when the
+/// caller stops reading: if a chunk cannot be handed on within [`ChatStream::time_left`], the call ends as
+/// a timeout and the upstream connection is dropped. The task ends with the caller too: when the response
+/// body is dropped, the channel closes and the stream is dropped (the client records `cancelled`).
+fn pump(mut stream: Box<ChatStream>) -> mpsc::Receiver<Result<Bytes, StreamError>> {
+    let (tx, rx) = mpsc::channel(PUMP_CHUNKS);
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = tx.closed() => return,
+            };
+            let Some(item) = item else { return };
+            let limit = stream.time_left().unwrap_or(LAST_CHUNK_WAIT);
+            match tokio::time::timeout(limit, tx.send(item)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    stream.time_out();
+                    let _ = tx.try_send(Err(StreamError::Interrupted));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The receiving end of [`pump`] as a stream.
+struct Pumped(mpsc::Receiver<Result<Bytes, StreamError>>);
+
+impl Stream for Pumped {
+    type Item = Result<Bytes, StreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
 }
 
 /// SSE bytes of a committed stream (a [`ChatStream`], however the client hands it over), passed on chunk by

@@ -355,7 +355,7 @@ fn timeline(o: &mut String, s: &Summary) {
     panel_head(
         o,
         "Shared budget balance",
-        "per scope (provider route), at the last record of each bucket; 0 means retries are refused",
+        "per budget scope (provider route · model), at the last record of each bucket; near 0, retries are refused",
         &scope_colors,
     );
     let max = t
