@@ -30,8 +30,8 @@ use tokio::net::TcpStream;
 const CALL_BUDGET: u64 = 190;
 /// Most heap allocations relaying one SSE chunk may make (upstream read, the client's stream bookkeeping,
 /// the relay, the server's write), on average over the chunks of a few streams. Measured 9.5 when first set,
-/// 3.5 once the SSE line buffer was reused.
-const CHUNK_BUDGET: u64 = 5;
+/// 3.5 once the SSE line buffer was reused, 5.5 since a committed stream is pumped on its own task (dc38b66).
+const CHUNK_BUDGET: u64 = 7;
 
 const CALLS: usize = 40;
 const WARM_UP: usize = 20;
