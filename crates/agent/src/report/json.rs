@@ -24,6 +24,10 @@ pub(crate) fn render(s: &Summary, view: &View) -> Value {
         "attempts_by_decision": s.attempts_by_decision.0,
         "attempts_by_error_type": s.attempts_by_error_type.0,
         "amplification": s.amplification().map(|a| fixed(a, 2)),
+        "provider_amplification": s.provider_amplification().map(|a| fixed(a, 2)),
+        "upstream_attempts": s.upstream_attempts,
+        "distinct_requests": s.distinct_requests(),
+        "caller_retries": s.caller_retries.0,
         "success_ratio": s.success_ratio().map(|r| fixed(r, 4)),
         "budget_exhausted": {
             "first": s.budget_first.as_ref().map(|(_, t)| t),
