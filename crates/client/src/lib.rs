@@ -448,18 +448,27 @@ impl Client {
     /// one arrived (whatever its status), else the [`CallError`]. Ended as `cancelled` by
     /// [`Client::cancel_inflight`] unless its response was already handed over.
     pub async fn send(&self, request: RawRequest) -> Result<Exchange, CallError> {
+        let cancel_error = CallError {
+            outcome: Outcome::Cancelled,
+            attempts: 0,
+            last_status: None,
+            error_type: None,
+            retry_after_secs: None,
+        };
+        if *self.inner.cancel.borrow() {
+            // Shut down already: nothing is sent; the call's `cancelled` record is still written (or, once the
+            // evidence is closed, counted as dropped).
+            let mut run = Inflight::start(self, &request, true);
+            run.begin_attempt();
+            drop(run);
+            return Err(cancel_error);
+        }
         let call = std::pin::pin!(self.send_inner(request));
         let cancelled = std::pin::pin!(self.cancelled());
         match futures_util::future::select(call, cancelled).await {
             futures_util::future::Either::Left((result, _)) => result,
             // Dropping the call wrote its `cancelled` evidence.
-            futures_util::future::Either::Right(((), _)) => Err(CallError {
-                outcome: Outcome::Cancelled,
-                attempts: 0,
-                last_status: None,
-                error_type: None,
-                retry_after_secs: None,
-            }),
+            futures_util::future::Either::Right(((), _)) => Err(cancel_error),
         }
     }
 
