@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::ArgMatches;
 use retrybudget_client::{Client, ClientConfig, ClientError};
 use retrybudget_proxy::{ProxyConfig, ProxyState};
+use retrybudget_telemetry::names;
 use serde::Deserialize;
 
 use crate::cli::ProxyArgs;
@@ -123,6 +124,17 @@ pub(crate) async fn run(
     )?;
     let has_key = key.is_some();
 
+    tracing::info!(
+        name: names::LOG_CONFIG,
+        upstream = %printable_url(&upstream.value),
+        provider = %provider.value,
+        route = %route.value,
+        max_attempts = policy.max_attempts,
+        deadline = ?policy.deadline,
+        per_attempt_timeout = ?policy.per_attempt_timeout,
+        max_body = max_body.value,
+        "proxy configuration"
+    );
     let telemetry = init_telemetry(evidence.as_ref().map(|e| e.value.clone()))?;
     let mut client_config = ClientConfig::new(upstream.value.clone());
     client_config.provider_name = provider.value;
@@ -149,8 +161,10 @@ pub(crate) async fn run(
         .with_context(|| format!("cannot listen on {}: is the port in use?", listen.value))?;
     let addr = listener.local_addr()?;
     if has_key && !addr.ip().is_loopback() {
-        eprintln!(
-            "warning: listening on {addr}, beyond this host, with --api-key-env set: anyone who can reach this \
+        tracing::warn!(
+            name: names::LOG_WARNING,
+            listen = %addr,
+            "listening on {addr}, beyond this host, with --api-key-env set: anyone who can reach this \
              port can call the upstream with your key. Bind 127.0.0.1 or put authentication in front."
         );
     }
@@ -167,12 +181,23 @@ pub(crate) async fn run(
             "not configured (callers' Authorization is forwarded)"
         },
     );
+    tracing::info!(
+        name: names::LOG_STARTED,
+        listen = %addr,
+        upstream = %printable_url(&upstream.value),
+        otlp = %otlp_summary(),
+        evidence_file = ?evidence.as_ref().map(|e| &e.value),
+        api_key_configured = has_key,
+        "retrybudget proxy started"
+    );
     let served = retrybudget_proxy::serve(listener, state, async {
         shutdown_signal().await;
+        tracing::info!(name: names::LOG_STOPPING, "shutdown signal received; draining in-flight requests");
         println!("retrybudget proxy: shutting down, draining in-flight requests");
     })
     .await;
     let flushed = shutdown_telemetry(&telemetry).await;
+    tracing::info!(name: names::LOG_STOPPED, telemetry_flushed = flushed, "retrybudget proxy stopped");
     served.context("the proxy server failed")?;
     println!(
         "retrybudget proxy stopped{}",

@@ -200,7 +200,8 @@ pub(crate) fn summarise(path: &Path) -> anyhow::Result<Summary> {
             continue;
         }
         if let Err(reason) = summary.add_line(text) {
-            eprintln!(
+            tracing::warn!(
+                name: retrybudget_telemetry::names::LOG_WARNING,
                 "{}: line {n}: malformed evidence record, skipped: {reason}",
                 path.display()
             );
