@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one test command (README, CONTRIBUTING and .ci/run all call this through `make test`).
 # It installs what the tests need when missing — Debian: prometheus (+ promtool), prometheus-alertmanager
-# (amtool); pip: pytest, pyyaml, openai, rotel — then runs, in order: formatting, clippy with warnings as
-# errors, every Rust test in the workspace, and the Python tests that drive real components (the openai SDK
-# through the proxy; Prometheus evaluating every dashboard and rule query against a running demo).
+# (amtool), chromium; pip: pytest, pyyaml, openai, rotel, websocket-client — then runs, in order: formatting,
+# clippy with warnings as errors, every Rust test in the workspace, and the Python tests that drive real
+# components (the openai SDK through the proxy; Prometheus evaluating every dashboard and rule query against a
+# running demo; the HTML incident report in headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v kill >/dev/null || need_apt+=(procps)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -30,6 +32,7 @@ if ! $PY -c 'import pytest, yaml, openai, rotel' 2>/dev/null; then
   pip_install pytest pyyaml openai
   pip_install --pre rotel
 fi
+$PY -c 'import websocket' 2>/dev/null || pip_install websocket-client
 ROTEL_AGENT="$($PY -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 export ROTEL_AGENT
 promtool --version 2>&1 | head -1
@@ -59,5 +62,8 @@ $PY -m pytest -q -p no:cacheprovider tests/sdk
 
 log "python: operations kit (rules, configs, dashboards, every PromQL query against a real Prometheus)"
 $PY -m pytest -q -s -p no:cacheprovider tests/ops
+
+log "python: report --html in headless Chromium (no request, no console error, figures = text report = demo), 1 GiB of garbage"
+$PY -m pytest -q -s -p no:cacheprovider tests/report
 
 log "all stages passed"

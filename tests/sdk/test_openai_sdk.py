@@ -52,6 +52,22 @@ def test_streaming_success(sdk, stack):
     assert upstream_count(stack) == 1
 
 
+
+def test_streaming_first_chunk_is_not_held_back(sdk, stack):
+    """Time to first chunk through the SDK against a slow upstream: it sends its first event at once and then
+    pauses before each of the others (six more and [DONE]). A proxy that collects the stream before relaying
+    it hands the SDK its first chunk only after the last pause, seconds later."""
+    pause_s = 1.0
+    control(stack, "POST", "/_control/script", [{"status": 200, "chunk_delay_ms": int(pause_s * 1000)}])
+    started = time.monotonic()
+    stream = sdk.chat.completions.create(model="fake-model", messages=MSG, stream=True)
+    first = next(iter(stream))
+    took = time.monotonic() - started
+    stream.close()
+    assert first.object == "chat.completion.chunk"
+    assert took < pause_s, f"first chunk after {took:.3f} s, not before the upstream's first {pause_s} s pause ended"
+    assert upstream_count(stack) == 1
+
 def test_503_503_200_succeeds_after_three_attempts(sdk, stack):
     control(stack, "POST", "/_control/script", [{"status": 503}, {"status": 503}, {"status": 200}])
     raw = sdk.chat.completions.with_raw_response.create(model="fake-model", messages=MSG)

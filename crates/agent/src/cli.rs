@@ -66,7 +66,9 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Drive a scripted fault mix through the proxy against a built-in fake upstream and show the evidence.
     Demo(DemoArgs),
-    /// Summarise an evidence file: outcomes, attempts, amplification, budget exhaustion, stop reasons.
+    /// Summarise an evidence file: outcomes, attempts, amplification, budget exhaustion, calls to open; --html
+    /// writes a self-contained timeline page. Exit codes: 0 report written, 1 cannot read or write a file, 2 bad
+    /// flag, 3 nothing to report (no evidence record, or none matching the filters).
     Report(ReportArgs),
 }
 
@@ -212,6 +214,24 @@ pub struct ReportArgs {
     /// Print the summary as JSON
     #[arg(long, env = "RETRYBUDGET_JSON")]
     pub json: bool,
+    /// Also write the incident review as one self-contained HTML page (timeline, figures, calls to open)
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
+    /// Link trace ids through this URL template, e.g. 'http://jaeger:16686/trace/{trace_id}'
+    #[arg(long, env = "RETRYBUDGET_TRACE_URL", value_name = "TEMPLATE")]
+    pub trace_url: Option<String>,
+    /// Only records at or after this RFC 3339 UTC instant, e.g. 2026-06-13T14:05:00Z
+    #[arg(long, value_name = "TIME", value_parser = crate::report::parse_instant)]
+    pub since: Option<i64>,
+    /// Only records before this RFC 3339 UTC instant
+    #[arg(long, value_name = "TIME", value_parser = crate::report::parse_instant)]
+    pub until: Option<i64>,
+    /// Only records of this provider route (provider_route)
+    #[arg(long, value_name = "NAME")]
+    pub route: Option<String>,
+    /// Only records of this model (model)
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
 }
 
 /// Parses a humantime duration (`500ms`, `30s`, `5m`).

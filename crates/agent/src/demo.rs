@@ -297,6 +297,20 @@ pub(crate) async fn run(
     print_progress(out, started, duration, &tally, &phase);
     out.end_progress();
     let flushed = telemetry.flush_evidence();
+    // The incident review of this run, next to its evidence file.
+    let html = evidence.with_extension("html");
+    let view = crate::report::View {
+        trace_url: std::env::var("RETRYBUDGET_TRACE_URL")
+            .ok()
+            .filter(|t| t.contains(crate::report::TRACE_ID_PLACEHOLDER)),
+    };
+    let html_report = match crate::report::demo_html(&evidence, &html, &view) {
+        Ok(_) => Some(html),
+        Err(e) => {
+            out.line(&format!("HTML report not written: {e:#}"));
+            None
+        }
+    };
 
     let t = tally.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let metrics_url = format!("http://{target}/metrics");
@@ -315,6 +329,7 @@ pub(crate) async fn run(
             "metrics_url": metrics_url,
             "evidence_file": evidence.display().to_string(),
             "evidence_flushed": flushed,
+            "html_report": html_report.as_ref().map(|p| p.display().to_string()),
             "otlp_endpoint": otlp,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -326,6 +341,7 @@ pub(crate) async fn run(
                 started.elapsed(),
                 &metrics_url,
                 &evidence,
+                html_report.as_deref(),
                 otlp.as_deref(),
                 serve
             )
@@ -487,6 +503,7 @@ fn final_table(
     took: Duration,
     metrics_url: &str,
     evidence: &Path,
+    html: Option<&Path>,
     otlp: Option<&str>,
     serve: bool,
 ) -> String {
@@ -532,6 +549,12 @@ fn final_table(
         evidence.display(),
         evidence.display()
     ));
+    if let Some(html) = html {
+        s.push_str(&format!(
+            "  HTML report:   {} (timeline, headline figures, calls to open; open it in a browser)\n",
+            html.display()
+        ));
+    }
     s.push_str(&format!(
         "  OTLP:          {}\n",
         otlp.map_or_else(
@@ -571,9 +594,11 @@ mod tests {
             Duration::from_secs(1),
             "http://x/metrics",
             Path::new("e.jsonl"),
+            Some(Path::new("e.html")),
             None,
             false,
         );
         assert!(s.contains("amplification=1.25"), "{s}");
+        assert!(s.contains("HTML report:   e.html"), "{s}");
     }
 }

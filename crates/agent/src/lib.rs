@@ -48,10 +48,13 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The exit code for an error returned by [`run`]: 2 for usage errors, 1 for runtime errors.
+/// The exit code for an error returned by [`run`]: 2 for usage errors, 3 when `report` has nothing to report,
+/// 1 for runtime errors.
 pub fn exit_code_for(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<UsageError>().is_some() {
         2
+    } else if error.downcast_ref::<report::NothingToReport>().is_some() {
+        3
     } else {
         1
     }

@@ -1,5 +1,5 @@
 //! `retrybudget`: parse the command line, build the runtime, run the subcommand, map errors to exit codes
-//! (0 success, 1 runtime failure, 2 bad flag, variable or config file).
+//! (0 success, 1 runtime failure, 2 bad flag, variable or config file, 3 `report` found nothing to report).
 
 use std::process::ExitCode;
 

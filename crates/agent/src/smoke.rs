@@ -24,7 +24,7 @@ use clap::ArgMatches;
 use retrybudget_client::{ChatError, ChatRequest, Client, ClientConfig};
 use retrybudget_fake_upstream::{FakeUpstream, Step};
 use retrybudget_policy::{Outcome, PolicyConfig};
-use retrybudget_telemetry::Telemetry;
+use retrybudget_telemetry::{EvidenceRecord, Telemetry};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -34,24 +34,7 @@ use crate::common::{init_telemetry, table};
 use crate::config::{Layers, check_writable_parent, load_file, printable_url, usage};
 
 /// The runbook's evidence fields, in its order (plus `decision`, which the assertions refer to).
-pub(crate) const EVIDENCE_COLUMNS: [&str; 16] = [
-    "timestamp",
-    "environment",
-    "provider_route",
-    "http_method",
-    "http_route",
-    "http_status_code",
-    "error_type",
-    "retry_attempt",
-    "retry_budget_remaining",
-    "shared_budget_balance",
-    "backoff_applied_ms",
-    "elapsed_bucket",
-    "decision",
-    "client_result",
-    "terminal_outcome",
-    "operator_note",
-];
+pub(crate) use retrybudget_telemetry::record::RUNBOOK_COLUMNS as EVIDENCE_COLUMNS;
 
 /// What the smoke test does not assert, by the runbook.
 pub(crate) const NOT_ASSERTED: [&str; 6] = [
@@ -166,7 +149,14 @@ impl EvidenceTail {
         let new: Vec<Value> = lines
             .iter()
             .skip(self.seen)
-            .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+            // Read through the record type (the one owner of the field list); a line that is not an evidence
+            // record becomes null, which fails every assertion about it.
+            .map(|l| {
+                EvidenceRecord::parse(l)
+                    .ok()
+                    .and_then(|r| serde_json::to_value(r).ok())
+                    .unwrap_or(Value::Null)
+            })
             .collect();
         self.seen = lines.len();
         new

@@ -76,22 +76,64 @@ fn report_matches_the_demo_table() {
     );
 }
 
+/// A full evidence line: `(seconds after 2026-06-13T00:00:00Z, trace, attempt, decision, error_type, outcome)`.
+fn record(
+    at: f64,
+    trace: u32,
+    attempt: u32,
+    decision: &str,
+    error: Option<&str>,
+    outcome: Option<&str>,
+) -> String {
+    let ms = (at * 1000.0).round() as u64;
+    let mut v = serde_json::json!({
+        "timestamp": format!("2026-06-13T00:{:02}:{:02}.{:03}Z", ms / 60_000, ms / 1000 % 60, ms % 1000),
+        "environment": "test", "provider_route": "r", "model": "m", "http_method": "POST",
+        "http_route": "/v1/chat/completions", "retry_attempt": attempt, "retry_budget_remaining": 2 - attempt.min(2),
+        "shared_budget_balance": 5.0, "backoff_applied_ms": 0, "elapsed_bucket": "<1s", "decision": decision,
+        "operator_note": "n", "trace_id": format!("{trace:032x}"), "span_id": format!("{attempt:016x}"),
+    });
+    if let Some(e) = error {
+        v["error_type"] = e.into();
+    }
+    if let Some(o) = outcome {
+        v["terminal_outcome"] = o.into();
+        v["client_result"] = if o.starts_with("success") {
+            "success"
+        } else {
+            "failure"
+        }
+        .into();
+    }
+    v.to_string()
+}
+
+fn report(path: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["report", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run(cmd(&args), Duration::from_secs(60))
+}
+
 #[test]
 fn malformed_lines_are_reported_by_number_and_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("evidence.jsonl");
     let lines = [
-        r#"{"timestamp":"2026-06-13T00:00:00.000Z","decision":"retry","error_type":"503","retry_attempt":0}"#,
-        r#"{"timestamp":"2026-06-13T00:00:01.000Z","decision":"stop_budget_exhausted","error_type":"503","retry_attempt":1,"terminal_outcome":"budget_exhausted"}"#,
-        "{this is not json",
-        r#"{"timestamp":"2026-06-13T00:00:02.000Z","decision":"done","retry_attempt":0,"terminal_outcome":"success"}"#,
-        r#"{"timestamp":"2026-06-13T00:00:03.0"#,
+        record(0.0, 1, 0, "retry", Some("503"), None),
+        record(
+            1.0,
+            1,
+            1,
+            "stop_budget_exhausted",
+            Some("503"),
+            Some("budget_exhausted"),
+        ),
+        "{this is not json".to_owned(),
+        record(2.0, 2, 0, "done", None, Some("success")),
+        r#"{"timestamp":"2026-06-13T00:00:03.0"#.to_owned(),
     ];
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let out = run(
-        cmd(&["report", path.to_str().unwrap(), "--json"]),
-        Duration::from_secs(30),
-    );
+    let out = report(&path, &["--json"]);
     assert!(out.status.success());
     let stderr = text(&out.stderr);
     assert!(
@@ -112,6 +154,118 @@ fn malformed_lines_are_reported_by_number_and_skipped() {
         "stop_budget_exhausted"
     );
     assert_eq!(report["malformed_lines"], serde_json::json!([3, 5]));
+    assert_eq!(report["malformed_count"], 2);
+}
+
+#[test]
+fn empty_file_is_nothing_to_report_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.jsonl");
+    std::fs::write(&path, "").unwrap();
+    let html = dir.path().join("out.html");
+    let out = report(&path, &["--html", html.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("holds no evidence record"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+    assert!(!html.exists(), "no page for nothing");
+}
+
+#[test]
+fn one_call_makes_a_one_bucket_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.jsonl");
+    std::fs::write(&path, record(0.25, 7, 0, "done", None, Some("success"))).unwrap();
+    let html = dir.path().join("one.html");
+    let out = report(
+        &path,
+        &[
+            "--json",
+            "--html",
+            html.to_str().unwrap(),
+            "--trace-url",
+            "http://j/trace/{trace_id}",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["calls"].as_u64(), r["attempts"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(r["success_ratio"], 1.0);
+    assert_eq!(r["timeline"]["buckets"].as_array().unwrap().len(), 1);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(page.matches("class=\"bucket\"").count(), 1);
+    assert!(page.contains(&format!("href=\"http://j/trace/{:032x}\"", 7)));
+    assert!(!page.contains("<script"));
+}
+
+#[test]
+fn lines_out_of_time_order_give_the_same_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = Vec::new();
+    for call in 0..40u32 {
+        let t = f64::from(call) * 0.7;
+        if call % 3 == 0 {
+            lines.push(record(t, call, 0, "retry", Some("503"), None));
+            lines.push(record(
+                t + 0.4,
+                call,
+                1,
+                "stop_budget_exhausted",
+                Some("503"),
+                Some("budget_exhausted"),
+            ));
+        } else {
+            lines.push(record(t, call, 0, "done", None, Some("success")));
+        }
+    }
+    let sorted = dir.path().join("sorted.jsonl");
+    std::fs::write(&sorted, lines.join("\n")).unwrap();
+    // Reversed: every line out of order (a call's terminal record even precedes its first attempt).
+    lines.reverse();
+    let shuffled = dir.path().join("shuffled.jsonl");
+    std::fs::write(&shuffled, lines.join("\n")).unwrap();
+    let json = |p: &std::path::Path| -> Value {
+        let out = report(p, &["--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (a, b) = (json(&sorted), json(&shuffled));
+    for key in [
+        "calls",
+        "attempts",
+        "calls_by_outcome",
+        "budget_exhausted",
+        "timeline",
+        "first",
+        "last",
+    ] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+    assert_eq!(a["calls_by_outcome"]["budget_exhausted"], 14);
+}
+
+#[test]
+fn bad_flags_are_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.jsonl");
+    std::fs::write(&path, record(0.0, 1, 0, "done", None, Some("success"))).unwrap();
+    let out = report(&path, &["--trace-url", "http://jaeger/trace/"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("{trace_id}"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = report(&path, &["--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("RFC 3339"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

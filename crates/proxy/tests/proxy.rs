@@ -149,13 +149,90 @@ fn has_call_outcome(text: &str, outcome: &str) -> bool {
     })
 }
 
+/// What the capturing upstream saw of one request: everything, bytes included.
+#[derive(Clone)]
+struct Captured {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Captured {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A minimal upstream that keeps every request's exact bytes and answers every request with `reply`
+/// (`application/json`, 200). The fake upstream keeps only lengths (it must never hold content); the
+/// byte-for-byte tests need the bytes themselves.
+struct CaptureUpstream {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Captured>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CaptureUpstream {
+    async fn start(reply: &'static [u8]) -> CaptureUpstream {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = std::sync::Arc::clone(&seen);
+        let router = axum::Router::new().fallback(move |request: Request<Body>| {
+            let keep = std::sync::Arc::clone(&keep);
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                keep.lock().unwrap().push(Captured {
+                    method: parts.method,
+                    path: parts.uri.path_and_query().unwrap().as_str().to_owned(),
+                    headers: parts.headers,
+                    body,
+                });
+                ([("content-type", "application/json")], reply)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        CaptureUpstream { addr, seen, task }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Captured> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for CaptureUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A chat request whose bytes any re-serialisation would change: odd spacing and key order, a number
+/// written `2e3` and `1.50`, an escaped and a raw non-ASCII character, an unknown vendor field.
+const ODD_CHAT_BODY: &str = "{ \"messages\" : [ {\"content\":\"caf\\u00e9 \u{2615} prompt-canary-7c1f\", \"role\":\"user\"} ],\n  \"model\":\"fake-model\", \"max_tokens\":2e3, \"temperature\":1.50,\t\"vendor_extension\":{\"z\":[true,null],\"a\":{}} }";
+
+/// An upstream answer in the same spirit: a relay that parses and re-writes it cannot return it unchanged.
+const ODD_COMPLETION: &[u8] = b"{\"object\":\"chat.completion\", \"id\":\"chatcmpl-odd\",\n \"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"\\u00e9 ok\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1.0e0,\"completion_tokens\":2,\"total_tokens\":3} }\n";
+
 // === non-streaming ===
 
 #[tokio::test]
 async fn success_passes_through_unchanged() {
-    let (upstream, state) = setup().await;
-    let body = chat_body(false);
-    let answer = call(&state, post_chat(body.clone())).await;
+    let upstream = CaptureUpstream::start(ODD_COMPLETION).await;
+    let state = state_for(
+        &upstream.base_url(),
+        fast_policy(),
+        Telemetry::local(),
+        ProxyConfig::default(),
+    );
+    let answer = call(&state, post_chat(ODD_CHAT_BODY)).await;
 
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.header(ATTEMPTS_HEADER), "1");
@@ -165,20 +242,21 @@ async fn success_passes_through_unchanged() {
             .header("content-type")
             .starts_with("application/json")
     );
-    let v = answer.json();
-    assert_eq!(v["object"], "chat.completion");
-    assert!(v["choices"][0]["message"].is_object());
+    assert_eq!(
+        answer.text(),
+        std::str::from_utf8(ODD_COMPLETION).unwrap(),
+        "the upstream's answer comes back byte for byte"
+    );
 
     let seen = upstream.requests();
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].method, Method::POST);
     assert_eq!(seen[0].path, "/v1/chat/completions");
     assert_eq!(
-        seen[0].body_len,
-        body.len(),
+        std::str::from_utf8(&seen[0].body).unwrap(),
+        ODD_CHAT_BODY,
         "the body is forwarded byte for byte"
     );
-    upstream.shutdown().await;
 }
 
 #[tokio::test]
@@ -393,8 +471,13 @@ async fn oversized_bodies_get_413_without_an_upstream_call() {
 
 #[tokio::test]
 async fn caller_headers_and_trace_are_forwarded_hop_by_hop_are_not() {
-    let (upstream, state) = setup().await;
-    let body = chat_body(false);
+    let upstream = CaptureUpstream::start(ODD_COMPLETION).await;
+    let state = state_for(
+        &upstream.base_url(),
+        fast_policy(),
+        Telemetry::local(),
+        ProxyConfig::default(),
+    );
     let request = Request::post("/v1/chat/completions?api-version=2024-10-21")
         .header("content-type", "application/json")
         .header("authorization", "Bearer sk-caller-key")
@@ -409,7 +492,7 @@ async fn caller_headers_and_trace_are_forwarded_hop_by_hop_are_not() {
         .header("proxy-authorization", "Basic Zm9vOmJhcg==")
         .header("te", "trailers")
         .header("upgrade", "websocket")
-        .body(Body::from(body.clone()))
+        .body(Body::from(ODD_CHAT_BODY))
         .unwrap();
     let answer = call(&state, request).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -417,10 +500,11 @@ async fn caller_headers_and_trace_are_forwarded_hop_by_hop_are_not() {
     let seen = upstream.requests();
     assert_eq!(seen.len(), 1);
     let r = &seen[0];
+    assert_eq!(r.path, "/v1/chat/completions?api-version=2024-10-21");
     assert_eq!(
-        r.body_len,
-        body.len(),
-        "unknown fields included, the body is forwarded unchanged"
+        std::str::from_utf8(&r.body).unwrap(),
+        ODD_CHAT_BODY,
+        "unknown fields included, the body is forwarded byte for byte"
     );
     assert_eq!(r.header("authorization"), Some("Bearer sk-caller-key"));
     assert_eq!(r.header("openai-organization"), Some("org-1"));
@@ -454,7 +538,6 @@ async fn caller_headers_and_trace_are_forwarded_hop_by_hop_are_not() {
     };
     let text = metrics_eventually(&state, nested_is_one).await;
     assert!(nested_is_one(&text), "one nested retry counted: {text}");
-    upstream.shutdown().await;
 }
 
 #[tokio::test]
@@ -561,13 +644,18 @@ async fn unreachable_upstream_gets_502_quickly() {
         ProxyConfig::default(),
     );
 
+    // Three refused connects and two backoffs of equal jitter (10 ms then 20 ms nominal: 5–10 ms and
+    // 10–20 ms) are all the time this may take; the bound leaves room for a loaded machine, not for a hang,
+    // a connect timeout or a backoff at the default policy's scale (seconds).
+    let (least, most) = (Duration::from_millis(15), Duration::from_millis(30));
     let started = Instant::now();
     let answer = call(&state, post_chat(chat_body(false))).await;
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
+        took >= least,
+        "took {took:?}: the two backoffs were not waited"
     );
+    assert!(took < most * 10, "took {took:?} for {most:?} of backoff");
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     let error = &answer.json()["error"];
     assert_eq!(error["type"], "upstream_error");
@@ -630,34 +718,50 @@ async fn streams_pass_through_with_done() {
     upstream.shutdown().await;
 }
 
+/// Time to first byte against a slow upstream, over real sockets (so the server's framing is tested too):
+/// the upstream sends its first event at once, then pauses [`PAUSE`] before each of the others (six more
+/// events and `[DONE]`). A relay that collects the stream before replaying it — in one piece or in
+/// frames — hands over its first byte only after the upstream's last pause, seconds later; a relay that
+/// passes events on as they arrive hands it over in milliseconds, long before the upstream's first pause
+/// ends.
 #[tokio::test]
 async fn streams_arrive_chunk_by_chunk() {
+    const PAUSE: Duration = Duration::from_secs(1);
     let (upstream, state) = setup().await;
-    upstream.push([Step::ok().chunk_delay(Duration::from_millis(300))]);
-    let response = app(state.clone())
-        .oneshot(post_chat(chat_body(true)))
+    upstream.push([Step::ok().chunk_delay(PAUSE)]);
+    let running = start(state.clone()).await;
+
+    let started = Instant::now();
+    let response = http()
+        .post(format!("http://{}/v1/chat/completions", running.addr))
+        .header("content-type", "application/json")
+        .body(chat_body(true))
+        .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
-    // The first event is handed over while the upstream is still pausing between events.
-    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+    assert_eq!(response.status(), 200);
+    let mut chunks = response.bytes_stream();
+    let first = tokio::time::timeout(10 * PAUSE, chunks.next())
         .await
-        .unwrap()
+        .expect("no first event at all")
         .unwrap()
         .unwrap();
-    let first = first.into_data().unwrap();
-    assert!(first.starts_with(b"data: {"));
+    let first_after = started.elapsed();
+    assert!(
+        first_after < PAUSE,
+        "the first event reached the caller after {first_after:?}, not before the upstream's first \
+         {PAUSE:?} pause ended: the relay waited for later events"
+    );
+    assert!(first.starts_with(b"data: {"), "{first:?}");
     assert!(
         !first.windows(6).any(|w| w == b"[DONE]"),
         "not buffered to the end"
     );
-    let rest = body.collect().await.unwrap().to_bytes();
-    assert!(
-        String::from_utf8_lossy(&rest)
-            .trim_end()
-            .ends_with("data: [DONE]")
-    );
+    assert_eq!(upstream.attempts(), 1);
+    drop(chunks);
+
+    let _ = running.stop.send(());
+    running.server.await.unwrap().unwrap();
     upstream.shutdown().await;
 }
 

@@ -7,22 +7,16 @@
 //! put into one.
 
 use std::borrow::Cow;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 
-use crate::TelemetryError;
-use crate::export::{Dropped, EVIDENCE};
+use crate::export::EVIDENCE;
 use crate::names::*;
 use crate::pipeline::Telemetry;
+use crate::record::EvidenceRecord;
 
 /// The labels every event of one logical call shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,26 +205,26 @@ impl AttemptEvent<'_> {
         }
         if let Some(writer) = &inner.evidence {
             let record = EvidenceRecord {
-                timestamp: rfc3339(SystemTime::now()),
-                environment: &inner.environment,
-                provider_route: &l.route,
-                model: &l.model,
-                http_method: &l.method,
-                http_route: &l.url_template,
+                timestamp: rfc3339(SystemTime::now()).into(),
+                environment: inner.environment.as_str().into(),
+                provider_route: l.route.as_str().into(),
+                model: l.model.as_str().into(),
+                http_method: Cow::Borrowed(&l.method),
+                http_route: Cow::Borrowed(&l.url_template),
                 http_status_code: self.status,
-                error_type: self.error_type.as_deref(),
+                error_type: self.error_type.as_deref().map(Cow::Borrowed),
                 retry_attempt: self.attempt,
                 retry_budget_remaining: self.allowance_remaining,
                 shared_budget_balance: (self.budget_balance * 1000.0).round() / 1000.0,
                 backoff_applied_ms: self.backoff_before.map_or(0, |(d, _)| d.as_millis() as u64),
-                delay_source: self.backoff_before.map(|(_, source)| source),
-                elapsed_bucket,
-                decision: self.decision,
-                client_result: self.terminal.map(|(_, r)| r),
-                terminal_outcome: self.terminal.map(|(o, _)| o),
-                operator_note: note,
-                trace_id: ctx.trace_id().to_string(),
-                span_id: ctx.span_id().to_string(),
+                delay_source: self.backoff_before.map(|(_, source)| source.into()),
+                elapsed_bucket: elapsed_bucket.into(),
+                decision: self.decision.into(),
+                client_result: self.terminal.map(|(_, r)| r.into()),
+                terminal_outcome: self.terminal.map(|(o, _)| o.into()),
+                operator_note: note.into(),
+                trace_id: ctx.trace_id().to_string().into(),
+                span_id: ctx.span_id().to_string().into(),
             };
             match serde_json::to_vec(&record) {
                 Ok(line) => writer.write(&line),
@@ -239,36 +233,6 @@ impl AttemptEvent<'_> {
         }
         span.end();
     }
-}
-
-/// One line of the JSONL evidence file: the runbook's sanitised log-record template, in its field order.
-#[derive(serde::Serialize)]
-struct EvidenceRecord<'a> {
-    timestamp: String,
-    environment: &'a str,
-    provider_route: &'a str,
-    model: &'a str,
-    http_method: &'a str,
-    http_route: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    http_status_code: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_type: Option<&'a str>,
-    retry_attempt: u32,
-    retry_budget_remaining: u32,
-    shared_budget_balance: f64,
-    backoff_applied_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    delay_source: Option<&'a str>,
-    elapsed_bucket: &'a str,
-    decision: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_result: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    terminal_outcome: Option<&'a str>,
-    operator_note: &'a str,
-    trace_id: String,
-    span_id: String,
 }
 
 /// One finished logical call.
@@ -447,126 +411,9 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-// === impl EvidenceWriter ===
-
-/// Bytes of evidence waiting to be written; beyond this, lines are dropped and counted rather than growing memory.
-pub const EVIDENCE_PENDING_LIMIT: usize = 8 << 20;
-/// How often the writer thread moves pending lines to the file.
-pub const EVIDENCE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Appends evidence lines to a JSONL file. Emitting only appends to an in-memory buffer under a short lock (no
-/// I/O, no thread wake-up per line); a background thread writes the buffer out every
-/// [`EVIDENCE_FLUSH_INTERVAL`], and [`EvidenceWriter::flush`] writes it out at once.
-pub(crate) struct EvidenceWriter {
-    shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-struct Shared {
-    pending: Mutex<Vec<u8>>,
-    /// Held while moving pending bytes to the file, so batches reach the file in order.
-    file: Mutex<File>,
-    closed: std::sync::atomic::AtomicBool,
-    dropped: Arc<Dropped>,
-}
-
-impl Shared {
-    fn drain(&self) -> bool {
-        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        let batch =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        if batch.is_empty() {
-            return true;
-        }
-        let written = file.write_all(&batch).and_then(|()| file.flush()).is_ok();
-        if !written {
-            let lines = batch.iter().filter(|b| **b == b'\n').count();
-            self.dropped.add(EVIDENCE, lines as u64);
-        }
-        written
-    }
-}
-
-impl EvidenceWriter {
-    pub(crate) fn open(path: &Path, dropped: Arc<Dropped>) -> Result<Self, TelemetryError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| {
-                TelemetryError::Init(format!(
-                    "cannot open evidence file {}: {e}; check the directory exists and is writable",
-                    path.display()
-                ))
-            })?;
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Vec::new()),
-            file: Mutex::new(file),
-            closed: std::sync::atomic::AtomicBool::new(false),
-            dropped,
-        });
-        let worker = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("retrybudget-evidence".into())
-            .spawn(move || {
-                while !worker.closed.load(Ordering::Acquire) {
-                    std::thread::park_timeout(EVIDENCE_FLUSH_INTERVAL);
-                    worker.drain();
-                }
-            })
-            .map_err(|e| {
-                TelemetryError::Init(format!("cannot start the evidence writer thread: {e}"))
-            })?;
-        Ok(EvidenceWriter {
-            shared,
-            thread: Mutex::new(Some(thread)),
-        })
-    }
-
-    pub(crate) fn write(&self, line: &[u8]) {
-        let mut pending = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if pending.len() + line.len() >= EVIDENCE_PENDING_LIMIT {
-            drop(pending);
-            self.shared.dropped.add(EVIDENCE, 1);
-            return;
-        }
-        pending.extend_from_slice(line);
-        pending.push(b'\n');
-    }
-
-    /// Writes every line emitted so far to the file.
-    pub(crate) fn flush(&self) -> bool {
-        self.shared.drain()
-    }
-
-    pub(crate) fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        if let Some(t) = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-        self.shared.drain();
-    }
-}
-
-impl Telemetry {
-    /// Writes every evidence line emitted so far to the file. True if that worked, or if there is no file.
-    pub fn flush_evidence(&self) -> bool {
-        self.inner
-            .evidence
-            .as_ref()
-            .is_none_or(EvidenceWriter::flush)
-    }
-}
+// The writer lives in `evidence_file`; these names stay reachable here.
+pub(crate) use crate::evidence_file::EvidenceWriter;
+pub use crate::evidence_file::{EVIDENCE_FLUSH_INTERVAL, EVIDENCE_PENDING_LIMIT};
 
 #[cfg(test)]
 mod tests {

@@ -6,22 +6,27 @@
 //!   JSONL evidence file; bounded queues, counted drops, a shutdown that waits a bounded time.
 //! - [`evidence`]: [`AttemptEvent`] and [`CallEvent`], whose one `emit` writes span attributes, log record,
 //!   metrics and evidence line together.
+//! - [`record`]: [`EvidenceRecord`], the JSONL evidence line: written by the evidence writer, read by
+//!   `retrybudget report` and `smoke`.
 //!
 //! This crate must never record content: no API key, prompt, completion, full body or upstream error message
 //! ever reaches an event type, so none can reach an exporter.
 
 pub mod config;
 pub mod evidence;
+mod evidence_file;
 pub mod export;
 pub mod names;
 mod pipeline;
 mod propagation;
+pub mod record;
 pub mod redact;
 
 pub use config::{OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use evidence::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
 pub use pipeline::Telemetry;
 pub use propagation::{extract_traceparent, traceparent};
+pub use record::EvidenceRecord;
 
 /// Why the telemetry pipeline could not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,292 @@
+//! The JSONL evidence record: one line per attempt, the one schema its writer and its readers share.
+//!
+//! The evidence writer serialises an [`EvidenceRecord`] per attempt; `retrybudget report` and `retrybudget
+//! smoke` deserialise the same type, so a field renamed or added here changes every side at once instead of
+//! silently drifting from a field list repeated elsewhere. Field names and their order are the runbook's
+//! sanitised log-record template (see `telemetry-contract.md`, "Evidence record"), plus `model`,
+//! `delay_source`, `trace_id` and `span_id`.
+//!
+//! Strings are [`Cow`]s so the writer can fill a record from borrowed labels without copying them, and a reader
+//! can own what it parsed. A record must never carry content: no key, prompt, completion or upstream message.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+/// One line of the JSONL evidence file, in the runbook's field order.
+///
+/// Readers ignore fields they do not know (a newer writer may add some); every field without
+/// `skip_serializing_if` is required, so a JSON object that is not an evidence record is rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceRecord<'a> {
+    /// RFC 3339 UTC with milliseconds, at the attempt's end.
+    #[serde(borrow)]
+    pub timestamp: Cow<'a, str>,
+    /// `deployment.environment.name`.
+    #[serde(borrow)]
+    pub environment: Cow<'a, str>,
+    /// `retrybudget.route`, e.g. `cometapi_chat_completions`.
+    #[serde(borrow)]
+    pub provider_route: Cow<'a, str>,
+    /// `gen_ai.request.model`.
+    #[serde(borrow)]
+    pub model: Cow<'a, str>,
+    /// `http.request.method`.
+    #[serde(borrow)]
+    pub http_method: Cow<'a, str>,
+    /// `url.template`, e.g. `/v1/chat/completions`.
+    #[serde(borrow)]
+    pub http_route: Cow<'a, str>,
+    /// HTTP status, absent if no response arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status_code: Option<u16>,
+    /// `error.type`, absent on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<Cow<'a, str>>,
+    /// 0-based attempt index; 0 is a call's first attempt.
+    pub retry_attempt: u32,
+    /// Retries this call may still make under its allowance.
+    pub retry_budget_remaining: u32,
+    /// The scope's shared budget balance after this attempt's decision (3 decimals).
+    pub shared_budget_balance: f64,
+    /// Delay slept before this attempt.
+    pub backoff_applied_ms: u64,
+    /// Where that delay came from (`retry_after` when the server's hint set it), absent without a delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_source: Option<Cow<'a, str>>,
+    /// `<100ms`, `<1s`, `<10s`, `<60s` or `>=60s`: time since the call started.
+    #[serde(borrow)]
+    pub elapsed_bucket: Cow<'a, str>,
+    /// The retry decision's stable name (`retry`, `done`, `stop_…`).
+    #[serde(borrow)]
+    pub decision: Cow<'a, str>,
+    /// `success` / `failure` / `cancelled`, on a call's final attempt only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_result: Option<Cow<'a, str>>,
+    /// The call's terminal outcome, on its final attempt only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_outcome: Option<Cow<'a, str>>,
+    /// Fixed, sanitised text; never request or response content.
+    #[serde(borrow)]
+    pub operator_note: Cow<'a, str>,
+    /// W3C trace id (32 hex digits) of the attempt's trace.
+    #[serde(borrow)]
+    pub trace_id: Cow<'a, str>,
+    /// The attempt span's id (16 hex digits).
+    #[serde(borrow)]
+    pub span_id: Cow<'a, str>,
+}
+
+/// The runbook's evidence columns in its order, plus `decision`: what a person reads in a table.
+pub const RUNBOOK_COLUMNS: [&str; 16] = [
+    "timestamp",
+    "environment",
+    "provider_route",
+    "http_method",
+    "http_route",
+    "http_status_code",
+    "error_type",
+    "retry_attempt",
+    "retry_budget_remaining",
+    "shared_budget_balance",
+    "backoff_applied_ms",
+    "elapsed_bucket",
+    "decision",
+    "client_result",
+    "terminal_outcome",
+    "operator_note",
+];
+
+/// Why a line is not an evidence record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Not JSON, not an object, or a required field missing or of the wrong type.
+    #[error("not an evidence record ({0})")]
+    Json(#[from] serde_json::Error),
+    /// The timestamp is not RFC 3339 UTC (`2026-06-13T00:00:00.123Z`).
+    #[error("timestamp {0:?} is not RFC 3339 UTC such as 2026-06-13T00:00:00.123Z")]
+    Timestamp(String),
+}
+
+impl<'a> EvidenceRecord<'a> {
+    /// Parses one line, borrowing from it where it can.
+    pub fn parse(line: &'a str) -> Result<Self, RecordError> {
+        Ok(serde_json::from_str(line)?)
+    }
+
+    /// Whether this is a call's first attempt.
+    pub fn is_first_attempt(&self) -> bool {
+        self.retry_attempt == 0
+    }
+
+    /// The timestamp as milliseconds since the Unix epoch.
+    pub fn timestamp_ms(&self) -> Result<i64, RecordError> {
+        parse_rfc3339_ms(&self.timestamp)
+            .ok_or_else(|| RecordError::Timestamp(self.timestamp.to_string()))
+    }
+
+    /// A copy that owns its strings.
+    pub fn into_owned(self) -> EvidenceRecord<'static> {
+        fn own(c: Cow<'_, str>) -> Cow<'static, str> {
+            Cow::Owned(c.into_owned())
+        }
+        EvidenceRecord {
+            timestamp: own(self.timestamp),
+            environment: own(self.environment),
+            provider_route: own(self.provider_route),
+            model: own(self.model),
+            http_method: own(self.http_method),
+            http_route: own(self.http_route),
+            http_status_code: self.http_status_code,
+            error_type: self.error_type.map(own),
+            retry_attempt: self.retry_attempt,
+            retry_budget_remaining: self.retry_budget_remaining,
+            shared_budget_balance: self.shared_budget_balance,
+            backoff_applied_ms: self.backoff_applied_ms,
+            delay_source: self.delay_source.map(own),
+            elapsed_bucket: own(self.elapsed_bucket),
+            decision: own(self.decision),
+            client_result: self.client_result.map(own),
+            terminal_outcome: self.terminal_outcome.map(own),
+            operator_note: own(self.operator_note),
+            trace_id: own(self.trace_id),
+            span_id: own(self.span_id),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 UTC timestamp (`Z` or `+00:00`, optional fraction).
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let s = text.get(from..to)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut millis = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        for (i, c) in frac
+            .bytes()
+            .take(3)
+            .take_while(u8::is_ascii_digit)
+            .enumerate()
+        {
+            millis += i64::from(c - b'0') * [100, 10, 1][i];
+        }
+        rest = &frac[digits..];
+    }
+    if !matches!(rest, "Z" | "z" | "+00:00" | "-00:00") {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A line exactly as the writer produced it before the schema moved here.
+    const LINE: &str = r#"{"timestamp":"2026-06-13T00:00:00.123Z","environment":"staging","provider_route":"demo_chat_completions","model":"fake-model","http_method":"POST","http_route":"/v1/chat/completions","http_status_code":503,"error_type":"503","retry_attempt":1,"retry_budget_remaining":1,"shared_budget_balance":9.5,"backoff_applied_ms":120,"delay_source":"backoff","elapsed_bucket":"<1s","decision":"stop_budget_exhausted","client_result":"failure","terminal_outcome":"budget_exhausted","operator_note":"shared retry budget exhausted; retry denied","trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331"}"#;
+
+    #[test]
+    fn round_trips_byte_for_byte_in_field_order() {
+        let r = EvidenceRecord::parse(LINE).unwrap();
+        assert_eq!(serde_json::to_string(&r).unwrap(), LINE);
+        assert_eq!(r.clone().into_owned(), r);
+        assert!(matches!(r.decision, Cow::Borrowed(_)), "parsing borrows");
+    }
+
+    #[test]
+    fn runbook_columns_are_record_fields_in_order() {
+        let written = serde_json::to_string(&EvidenceRecord::parse(LINE).unwrap()).unwrap();
+        let mut at = 0;
+        for col in RUNBOOK_COLUMNS {
+            let i = written.find(&format!("\"{col}\":")).unwrap();
+            assert!(i >= at, "{col} out of order");
+            at = i;
+        }
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent_required_ones_may_not() {
+        let v: serde_json::Value = serde_json::from_str(LINE).unwrap();
+        let mut o = v.as_object().unwrap().clone();
+        for k in [
+            "http_status_code",
+            "error_type",
+            "delay_source",
+            "client_result",
+            "terminal_outcome",
+        ] {
+            o.remove(k);
+        }
+        o.insert("added_later".into(), 1.into());
+        let line = serde_json::Value::Object(o.clone()).to_string();
+        let r = EvidenceRecord::parse(&line).unwrap();
+        assert_eq!((r.http_status_code, r.terminal_outcome), (None, None));
+        o.remove("decision");
+        let line = serde_json::Value::Object(o).to_string();
+        let e = EvidenceRecord::parse(&line).unwrap_err().to_string();
+        assert!(e.contains("decision"), "{e}");
+        assert!(EvidenceRecord::parse("[1]").is_err());
+        assert!(EvidenceRecord::parse("{not json").is_err());
+    }
+
+    #[test]
+    fn parses_rfc3339() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_ms("2026-06-13T00:00:00.123Z"),
+            Some(1_781_308_800_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:01.5+00:00"),
+            Some(951_782_401_500)
+        );
+        for bad in [
+            "",
+            "2026-06-13",
+            "2026-13-01T00:00:00Z",
+            "2026-06-13T00:00:00",
+            "x026-06-13T00:00:00Z",
+            "2026-06-13T00:00:00.Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+        let r = EvidenceRecord::parse(LINE).unwrap();
+        assert_eq!(r.timestamp_ms().unwrap(), 1_781_308_800_123);
+    }
+}
