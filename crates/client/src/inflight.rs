@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
 use retrybudget_policy::{AttemptResult, Call, Decision, Outcome};
+use retrybudget_telemetry::labels::model_for_span;
 use retrybudget_telemetry::names::*;
 use retrybudget_telemetry::redact::redact_url;
 use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
@@ -33,10 +34,9 @@ impl Inflight {
     /// Starts the evidence of one call; `local` is for a request refused before it could leave (no budget use).
     pub(crate) fn start(client: &Client, request: &crate::RawRequest, local: bool) -> Inflight {
         let inner = &client.inner;
-        let model = request
-            .model
-            .clone()
-            .unwrap_or_else(|| "_unknown".to_owned());
+        // Metric label and budget scope: bounded (`_invalid`, `_other`); spans may show any valid id.
+        let model = inner.models.label(request.model.as_deref());
+        let span_model = model_for_span(request.model.as_deref()).into_owned();
         let labels = CallLabels {
             route: inner.route.clone(),
             provider: inner.provider.clone(),
@@ -59,7 +59,7 @@ impl Inflight {
         let mut attrs = vec![
             KeyValue::new(GEN_AI_OPERATION_NAME, labels.operation),
             KeyValue::new(GEN_AI_PROVIDER_NAME, labels.provider.clone()),
-            KeyValue::new(GEN_AI_REQUEST_MODEL, labels.model.clone()),
+            KeyValue::new(GEN_AI_REQUEST_MODEL, span_model.clone()),
             KeyValue::new(SERVER_ADDRESS, labels.server_address.clone()),
             KeyValue::new(SERVER_PORT, i64::from(labels.server_port)),
             KeyValue::new(RB_ROUTE, labels.route.clone()),
@@ -80,7 +80,7 @@ impl Inflight {
         let name = if labels.operation == GEN_AI_OPERATION_OTHER {
             format!("{} {}", labels.method, labels.url_template)
         } else {
-            format!("{} {}", labels.operation, labels.model)
+            format!("{} {span_model}", labels.operation)
         };
         // Without an explicit parent (the proxy passes the caller's `traceparent`), the call joins the current
         // context: inside a `tracing` span bridged by `tracing-opentelemetry`, that is the span's (the layer

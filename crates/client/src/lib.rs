@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use retrybudget_policy::{
     AttemptResult, FailureKind, Outcome, Policy, PolicyConfig, ResponseHead, peek_error_body,
 };
-use retrybudget_telemetry::{ResponseFacts, Telemetry};
+use retrybudget_telemetry::{ModelLabels, ResponseFacts, Telemetry};
 use secrecy::{ExposeSecret as _, SecretString};
 
 pub use error::{CallError, ChatError, ClientError};
@@ -56,6 +56,9 @@ pub struct ClientConfig {
     pub api_key: Option<SecretString>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
+    /// Distinct model ids kept as metric labels and budget scopes; later ones are labelled `_other`
+    /// (see [`retrybudget_telemetry::labels`]).
+    pub max_models_per_route: usize,
 }
 
 impl ClientConfig {
@@ -68,6 +71,7 @@ impl ClientConfig {
             policy: PolicyConfig::default(),
             api_key: None,
             connect_timeout: Duration::from_secs(10),
+            max_models_per_route: retrybudget_telemetry::names::DEFAULT_MAX_MODELS_PER_ROUTE,
         }
     }
 }
@@ -164,6 +168,8 @@ struct Inner {
     provider: String,
     route: String,
     api_key: Option<SecretString>,
+    /// The route's bounded model labels (metric labels and budget scopes).
+    models: ModelLabels,
     origin: Instant,
     seeds: AtomicU64,
 }
@@ -223,6 +229,7 @@ impl Client {
                 provider: config.provider_name,
                 route: config.route_name,
                 api_key: config.api_key,
+                models: ModelLabels::new(config.max_models_per_route),
                 origin,
                 seeds: AtomicU64::new(seed),
             }),
@@ -232,6 +239,11 @@ impl Client {
     /// The policy (and its budgets).
     pub fn policy(&self) -> &Policy {
         &self.inner.policy
+    }
+
+    /// Distinct model ids kept as labels so far (at most [`ClientConfig::max_models_per_route`]).
+    pub fn model_labels(&self) -> usize {
+        self.inner.models.len()
     }
 
     /// The telemetry pipeline.

@@ -47,6 +47,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bound: 1 + ratio + floor share = {:.4}",
         1.0 + budgeted.policy.budget.ratio + SimReport::floor_share(&budgeted)
     );
+    let scoped = SimConfig {
+        scopes: 1000,
+        ..SimConfig::default()
+    };
+    let cycled = sim::run(&scoped)?;
+    println!(
+        "the same calls spread over {} scopes (a caller cycling model names; one floor for the process): attempts={} amplification={:.4}",
+        scoped.scopes,
+        cycled.attempts,
+        cycled.amplification()
+    );
     println!("amplification={:.2}", with.amplification());
     Ok(())
 }

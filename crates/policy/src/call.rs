@@ -47,7 +47,7 @@ impl Policy {
     /// scope. Its only attempt ends with [`FailureKind::Validation`].
     pub fn start_local_call(&self, now: Duration, seed: u64) -> Call {
         let budget = Arc::new(Budget::new("_local", &self.config.budget));
-        self.call_with(budget, now, None, seed)
+        self.call_with(budget, now, None, seed, 0)
     }
 
     /// Starts a logical call in `scope` at `now` (monotonic time since the caller's origin). The first attempt
@@ -62,15 +62,17 @@ impl Policy {
     ) -> Call {
         let budget = self.budgets.get(scope);
         budget.deposit(now);
-        self.call_with(budget, now, caller_deadline, seed)
+        self.call_with(budget, now, caller_deadline, seed, 0)
     }
 
-    fn call_with(
+    /// A call whose allowance starts after `prior_attempts` (0 for a new request; see [`crate::resend`]).
+    pub(crate) fn call_with(
         &self,
         budget: Arc<Budget>,
         now: Duration,
         caller_deadline: Option<Duration>,
         seed: u64,
+        prior_attempts: u32,
     ) -> Call {
         let limit = caller_deadline.map_or(self.config.deadline, |d| d.min(self.config.deadline));
         Call {
@@ -79,6 +81,7 @@ impl Policy {
             started: now,
             deadline: now.saturating_add(limit),
             attempt: 0,
+            prior_attempts,
             committed: false,
             backoff_total: Duration::ZERO,
             last_delay: Duration::ZERO,
@@ -98,6 +101,8 @@ pub struct Call {
     deadline: Duration,
     /// Index of the attempt whose result is expected next.
     attempt: u32,
+    /// Attempts made for this request before this call (a caller's re-send), counted against the allowance.
+    prior_attempts: u32,
     committed: bool,
     backoff_total: Duration,
     last_delay: Duration,
@@ -129,7 +134,8 @@ pub struct Decision {
     pub jitter: Option<f64>,
     /// The delay slept before *this* attempt.
     pub backoff_before: Duration,
-    /// Retries this call may still make under its allowance: `max_attempts − 1 − attempt`.
+    /// Retries this call may still make under its allowance: `max_attempts − 1 − prior_attempts − attempt`
+    /// (never below 0; `prior_attempts` is 0 except for a caller's re-send).
     pub allowance_remaining: u32,
     /// The scope's shared budget balance after this decision.
     pub budget_balance: f64,
@@ -150,6 +156,12 @@ impl Call {
     /// Index of the next attempt to make (0 for the first).
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// Attempts made for this request before this call started (0 unless it is a caller's re-send, see
+    /// [`Policy::start_caller_retry`]).
+    pub fn prior_attempts(&self) -> u32 {
+        self.prior_attempts
     }
 
     /// The absolute deadline (same clock as `now`).
@@ -236,6 +248,19 @@ impl Call {
         d
     }
 
+    /// Ends the call before its first attempt was made (a caller's re-send the budget refused).
+    pub(crate) fn end_before_attempt(
+        &mut self,
+        now: Duration,
+        class: Class,
+        kind: DecisionKind,
+    ) -> Decision {
+        let mut d = self.base_decision(now, class, None, None, None);
+        self.finish(&mut d, kind);
+        d.budget_balance = self.budget.balance(now);
+        d
+    }
+
     /// Convenience for the common transport failures.
     pub fn on_failure(&mut self, now: Duration, kind: FailureKind) -> Decision {
         self.on_result(now, &AttemptResult::Failure(kind))
@@ -243,7 +268,7 @@ impl Call {
 
     fn plan_retry(&mut self, now: Duration, hint: Option<Hint>, d: &mut Decision) -> DecisionKind {
         let cfg = &*self.config;
-        if self.attempt + 1 >= cfg.max_attempts {
+        if self.prior_attempts.saturating_add(self.attempt + 1) >= cfg.max_attempts {
             return DecisionKind::StopAttemptsExhausted;
         }
         let left = self.deadline.saturating_sub(now);
@@ -300,6 +325,7 @@ impl Call {
                 .config
                 .max_attempts
                 .saturating_sub(1)
+                .saturating_sub(self.prior_attempts)
                 .saturating_sub(self.attempt),
             budget_balance: 0.0,
             elapsed: now.saturating_sub(self.started),

@@ -3,6 +3,21 @@
 //! Classification works on plain values — a status code, a few header values, the machine-readable error code
 //! peeked from an error body, or the kind of transport failure — so it never learns about reqwest or hyper.
 //! The rule is "retry only what is explicitly known to be safe": anything unrecognised is fatal.
+//!
+//! ## `x-should-retry` (issue 8; refines retry-semantics.md §1, which said the header "overrides the status rule")
+//! The server's verdict can only make us *more* careful, or fill a gap the contract leaves open — never undo a
+//! fatal class:
+//! - `x-should-retry: false` turns any retry off (the attempt is then `fatal`, decision `stop_non_retryable`);
+//! - `x-should-retry: true` turns a retry on only for a server error the contract does not name: a 5xx other
+//!   than 501 and 505 (e.g. 507, 529). It never overrides the fatal classes — 400, 401, 403, 404, 413, 422 and
+//!   every other 4xx, a 429 whose error code is `insufficient_quota`, 501, 505 — nor a non-error status (1xx,
+//!   3xx, out of range), which stays "unknown, therefore fatal". TLS and validation failures carry no response
+//!   and so no header at all.
+//! - Any other value (`maybe`, empty) is ignored.
+//!
+//! A server (or anything on the path that can set a response header) must not be able to make us repeat a
+//! request the contract calls unsafe to repeat: a 400 or a 401 retried is load without any chance of success,
+//! and a 429 `insufficient_quota` retried is a bill.
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -19,7 +34,8 @@ pub mod header {
     pub const RATELIMIT_RESET_REQUESTS: &str = "x-ratelimit-reset-requests";
     /// OpenAI's token-window reset, a Go-style duration.
     pub const RATELIMIT_RESET_TOKENS: &str = "x-ratelimit-reset-tokens";
-    /// `true` / `false`: the server's own verdict, which overrides the status rule.
+    /// `true` / `false`: the server's own verdict; it may turn a retry off, or on for an unnamed 5xx, never
+    /// on for a fatal class (see the module docs).
     pub const SHOULD_RETRY: &str = "x-should-retry";
 }
 
@@ -240,14 +256,18 @@ pub(crate) fn classify(result: &AttemptResult<'_>, wall_now: SystemTime) -> Clas
                     hint: None,
                 };
             }
-            let retryable = match head.should_retry.map(str::trim) {
-                Some(v) if v.eq_ignore_ascii_case("true") => true,
-                Some(v) if v.eq_ignore_ascii_case("false") => false,
-                _ => match status {
-                    408 | 409 | 500 | 502 | 503 | 504 => true,
-                    429 => head.error_code != Some("insufficient_quota"),
-                    _ => false,
-                },
+            let by_status = match status {
+                408 | 409 | 500 | 502 | 503 | 504 => StatusRule::Retry,
+                429 if head.error_code == Some("insufficient_quota") => StatusRule::Fatal,
+                429 => StatusRule::Retry,
+                501 | 505 => StatusRule::Fatal,
+                500..=599 => StatusRule::Unnamed,
+                _ => StatusRule::Fatal,
+            };
+            let retryable = match (by_status, should_retry(head.should_retry)) {
+                (StatusRule::Fatal, _) | (_, Some(false)) => false,
+                (StatusRule::Unnamed, verdict) => verdict == Some(true),
+                (StatusRule::Retry, _) => true,
             };
             let hint = if retryable { head.hint(wall_now) } else { None };
             let class = match (retryable, hint) {
@@ -262,6 +282,29 @@ pub(crate) fn classify(result: &AttemptResult<'_>, wall_now: SystemTime) -> Clas
                 hint,
             }
         }
+    }
+}
+
+/// What the status alone says, before `x-should-retry` is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatusRule {
+    /// Transient by the contract's table.
+    Retry,
+    /// Fatal by the contract's table: no header can make it retryable.
+    Fatal,
+    /// A 5xx the contract does not name: fatal unless the server says `x-should-retry: true`.
+    Unnamed,
+}
+
+/// The `x-should-retry` verdict: `Some(true)` / `Some(false)` (case-insensitive, trimmed), `None` otherwise.
+fn should_retry(value: Option<&str>) -> Option<bool> {
+    let v = value?.trim();
+    if v.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -354,20 +397,64 @@ mod tests {
         assert_eq!(class_of(rate), Class::Transient);
     }
 
+    fn with_verdict(status: u16, verdict: &'static str) -> ResponseHead<'static> {
+        let mut h = ResponseHead::status(status);
+        h.should_retry = Some(verdict);
+        h
+    }
+
     #[test]
-    fn should_retry_overrides_status() {
-        let mut h = ResponseHead::status(400);
-        h.should_retry = Some("true");
-        assert_eq!(class_of(h), Class::Transient);
-        let mut h = ResponseHead::status(503);
-        h.should_retry = Some("FALSE");
-        assert_eq!(class_of(h), Class::Fatal);
-        let mut h = ResponseHead::status(503);
-        h.should_retry = Some("maybe");
-        assert_eq!(class_of(h), Class::Transient, "garbage is ignored");
-        let mut h = ResponseHead::status(200);
-        h.should_retry = Some("true");
-        assert_eq!(class_of(h), Class::Success, "success is never retried");
+    fn should_retry_never_overrides_a_fatal_class() {
+        for s in [
+            400, 401, 403, 404, 405, 413, 415, 418, 422, 451, 499, 501, 505,
+        ] {
+            for v in ["true", "TRUE", " True "] {
+                assert_eq!(class_of(with_verdict(s, v)), Class::Fatal, "{s} {v:?}");
+            }
+        }
+        let quota = with_verdict(429, "true").with_error_code(Some("insufficient_quota"));
+        assert_eq!(class_of(quota), Class::Fatal, "429 insufficient_quota");
+        for s in [100, 204, 301, 304, 0, 600, 999] {
+            let want = if s == 204 {
+                Class::Success
+            } else {
+                Class::Fatal
+            };
+            assert_eq!(class_of(with_verdict(s, "true")), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn should_retry_true_turns_on_an_unnamed_server_error() {
+        for s in [506, 507, 508, 510, 511, 520, 529, 599] {
+            assert_eq!(class_of(ResponseHead::status(s)), Class::Fatal, "{s}");
+            assert_eq!(class_of(with_verdict(s, "true")), Class::Transient, "{s}");
+            assert_eq!(class_of(with_verdict(s, "false")), Class::Fatal, "{s}");
+            assert_eq!(class_of(with_verdict(s, "maybe")), Class::Fatal, "{s}");
+        }
+        let mut h = with_verdict(529, "true");
+        h.retry_after = Some("2");
+        assert_eq!(class_of(h), Class::RateLimited, "its hint is honoured");
+    }
+
+    #[test]
+    fn should_retry_false_turns_any_retry_off() {
+        for s in [408, 409, 429, 500, 502, 503, 504] {
+            assert_eq!(class_of(with_verdict(s, "FALSE")), Class::Fatal, "{s}");
+            assert_eq!(class_of(with_verdict(s, " false")), Class::Fatal, "{s}");
+            assert_eq!(class_of(with_verdict(s, "true")), Class::Transient, "{s}");
+            assert_eq!(
+                class_of(with_verdict(s, "maybe")),
+                Class::Transient,
+                "garbage is ignored: {s}"
+            );
+        }
+        assert_eq!(
+            class_of(with_verdict(200, "true")),
+            Class::Success,
+            "success is never retried"
+        );
+        assert_eq!(class_of(with_verdict(200, "false")), Class::Success);
     }
 
     #[test]

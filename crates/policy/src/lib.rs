@@ -9,7 +9,9 @@
 //! `RetryableStrategy` vs `RetryPolicy`:
 //! - [`classify`]: what an attempt's result means (success, transient, rate limited, fatal);
 //! - [`backoff`] and [`hints`]: how long to wait (equal-jitter exponential backoff, or the server's hint);
-//! - [`budget`] and [`call`]: the attempt allowance, the deadline and the shared retry budget.
+//! - [`budget`] and [`call`]: the attempt allowance, the deadline and the shared retry budget (one floor for
+//!   the whole process);
+//! - [`resend`]: a caller's own re-send of a request pays the budget like a retry (issue 11).
 //!
 //! A caller drives one logical call like this:
 //! ```
@@ -33,12 +35,14 @@ pub mod classify;
 pub mod config;
 pub mod hints;
 mod names;
+pub mod resend;
 pub mod sim;
 
 pub use backoff::{Random, SplitMix64};
-pub use budget::{Budget, BudgetConfig, Budgets};
+pub use budget::{Balance, Budget, BudgetConfig, Budgets, Floor};
 pub use call::{Call, Decision, Policy};
 pub use classify::{AttemptResult, Class, ErrorType, FailureKind, ResponseHead, peek_error_body};
 pub use config::{ConfigError, PolicyConfig};
 pub use hints::{DelaySource, Hint};
 pub use names::{DecisionKind, Outcome};
+pub use resend::BudgetDenied;

@@ -3,7 +3,9 @@
 //! It answers the question a budget exists for — *how much extra load do retries put on an upstream that is
 //! failing?* — without sockets or sleeping, so tests can assert on it and `examples/outage_sim.rs` can print it.
 //! Calls arrive at a steady rate; each attempt takes `attempt_latency` and fails with probability
-//! `failure_rate` (status `failure_status`); every decision is the real [`Policy`]'s.
+//! `failure_rate` (status `failure_status`); every decision is the real [`Policy`]'s. Calls are spread
+//! round-robin over `scopes` budget scopes (as a caller cycling model names would), which shows that the
+//! process-wide floor is not multiplied by the number of scopes.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -32,6 +34,8 @@ pub struct SimConfig {
     pub attempt_latency: Duration,
     /// Seed for the upstream's failures and the calls' jitter.
     pub seed: u64,
+    /// Number of budget scopes the calls are spread over, round-robin (at least 1).
+    pub scopes: u32,
 }
 
 impl Default for SimConfig {
@@ -44,6 +48,7 @@ impl Default for SimConfig {
             failure_status: 503,
             attempt_latency: Duration::from_millis(50),
             seed: 1,
+            scopes: 1,
         }
     }
 }
@@ -82,6 +87,7 @@ impl SimReport {
     }
 
     /// The budget floor's share of the amplification: `(reserve + min_retries_per_sec × duration) / calls`.
+    /// One floor for the process: the number of scopes does not enter it.
     pub fn floor_share(config: &SimConfig) -> f64 {
         let b = &config.policy.budget;
         let floor = b.reserve() + b.min_retries_per_sec * config.duration.as_secs_f64();
@@ -100,6 +106,9 @@ pub fn run(config: &SimConfig) -> Result<SimReport, ConfigError> {
     let mut queue: BinaryHeap<Reverse<(Duration, u64, usize)>> = BinaryHeap::new();
     let mut calls: Vec<Option<Call>> = Vec::with_capacity(total as usize);
     let mut seq = 0u64;
+    let scopes: Vec<String> = (0..config.scopes.max(1))
+        .map(|i| format!("sim-{i}"))
+        .collect();
     for i in 0..total {
         let start = interval.saturating_mul(i as u32);
         calls.push(None);
@@ -111,7 +120,8 @@ pub fn run(config: &SimConfig) -> Result<SimReport, ConfigError> {
         let call = match &mut calls[idx] {
             Some(call) => call,
             slot @ None => {
-                slot.insert(policy.start_call("sim", at, None, config.seed ^ (idx as u64 + 1)))
+                let scope = &scopes[idx % scopes.len()];
+                slot.insert(policy.start_call(scope, at, None, config.seed ^ (idx as u64 + 1)))
             }
         };
         // The attempt starts at `at` and its result is known one latency later.

@@ -47,7 +47,17 @@ pub struct TelemetryConfig {
     pub metric_interval: Duration,
     /// JSONL evidence file, one line per attempt.
     pub evidence_file: Option<PathBuf>,
+    /// Spans (and, separately, log records) that may wait for export (`OTEL_BSP_MAX_QUEUE_SIZE`, default
+    /// 2048). Past it, new items are dropped and counted in `retrybudget.telemetry.dropped`.
+    pub queue_size: usize,
+    /// Longest wait before a partial batch of spans or log records is exported (`OTEL_BSP_SCHEDULE_DELAY`,
+    /// default 5 s).
+    pub batch_delay: Duration,
 }
+
+/// Longest accepted `OTEL_EXPORTER_OTLP_TIMEOUT`: a hung export must fail — and its items be counted as
+/// dropped — well inside the 5-minute window of the `TelemetryDropping` alert.
+pub const MAX_EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
@@ -57,6 +67,8 @@ impl Default for TelemetryConfig {
             otlp: None,
             metric_interval: Duration::from_secs(60),
             evidence_file: None,
+            queue_size: 2048,
+            batch_delay: Duration::from_secs(5),
         }
     }
 }
@@ -88,6 +100,16 @@ impl TelemetryConfig {
         if let Some(ms) = get("OTEL_METRIC_EXPORT_INTERVAL") {
             config.metric_interval = parse_ms("OTEL_METRIC_EXPORT_INTERVAL", &ms)?;
         }
+        if let Some(n) = get("OTEL_BSP_MAX_QUEUE_SIZE") {
+            config.queue_size = n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                TelemetryError::Config(format!(
+                    "OTEL_BSP_MAX_QUEUE_SIZE={n:?}: expected a positive number of items"
+                ))
+            })?;
+        }
+        if let Some(ms) = get("OTEL_BSP_SCHEDULE_DELAY") {
+            config.batch_delay = parse_ms("OTEL_BSP_SCHEDULE_DELAY", &ms)?;
+        }
         let disabled = get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
         let per_signal =
@@ -106,8 +128,17 @@ impl TelemetryConfig {
         };
         let timeout = match get("OTEL_EXPORTER_OTLP_TIMEOUT") {
             Some(ms) => parse_ms("OTEL_EXPORTER_OTLP_TIMEOUT", &ms)?,
-            None => Duration::from_secs(10),
+            None => Self::default_export_timeout(),
         };
+        if timeout > MAX_EXPORT_TIMEOUT {
+            return Err(TelemetryError::Config(format!(
+                "OTEL_EXPORTER_OTLP_TIMEOUT={}ms is longer than {}ms: a hung collector would hold the export \
+                 queue that long before its losses are counted; use at most {}",
+                timeout.as_millis(),
+                MAX_EXPORT_TIMEOUT.as_millis(),
+                MAX_EXPORT_TIMEOUT.as_millis()
+            )));
+        }
         let [traces, metrics, logs] =
             [("traces", 0), ("metrics", 1), ("logs", 2)].map(|(path, i)| {
                 per_signal[i].clone().or_else(|| {
@@ -147,6 +178,11 @@ impl TelemetryConfig {
             timeout,
         });
         Ok(config)
+    }
+
+    /// The export timeout when `OTEL_EXPORTER_OTLP_TIMEOUT` is unset (10 s, as the OTLP spec says).
+    pub fn default_export_timeout() -> Duration {
+        Duration::from_secs(10)
     }
 
     /// The `deployment.environment.name` resource attribute, if set.
@@ -264,6 +300,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("milliseconds"), "{e}");
+        let e = from(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4318"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "600000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at most 60000"), "{e}");
+        let e = from(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("positive number"), "{e}");
+    }
+
+    #[test]
+    fn queue_and_delay() {
+        let c = from(&[]).unwrap();
+        assert_eq!(
+            (c.queue_size, c.batch_delay),
+            (2048, Duration::from_secs(5))
+        );
+        let c = from(&[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "16"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.queue_size, c.batch_delay),
+            (16, Duration::from_millis(250))
+        );
     }
 
     #[test]

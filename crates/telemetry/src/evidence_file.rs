@@ -91,6 +91,11 @@ impl EvidenceWriter {
     }
 
     pub(crate) fn write(&self, line: &[u8]) {
+        // After close nothing drains the buffer again: a late line is lost, so count it.
+        if self.shared.closed.load(Ordering::Acquire) {
+            self.shared.dropped.add(EVIDENCE, 1);
+            return;
+        }
         let mut pending = self
             .shared
             .pending

@@ -4,6 +4,7 @@
 //! - [`config`]: settings from the standard `OTEL_*` variables (protocol and `OTEL_SDK_DISABLED` included).
 //! - [`Telemetry`]: OTLP export over gRPC or HTTP/protobuf, the same instruments for Prometheus scraping, the
 //!   JSONL evidence file; bounded queues, counted drops, a shutdown that waits a bounded time.
+//! - [`labels`]: caller-chosen model ids turned into bounded metric labels and budget scopes.
 //! - [`evidence`]: [`AttemptEvent`] and [`CallEvent`], whose one `emit` writes span attributes, log record,
 //!   metrics and evidence line together.
 //! - [`record`]: [`EvidenceRecord`], the JSONL evidence line: written by the evidence writer, read by
@@ -16,6 +17,7 @@ pub mod config;
 pub mod evidence;
 mod evidence_file;
 pub mod export;
+pub mod labels;
 pub mod names;
 mod pipeline;
 mod propagation;
@@ -24,6 +26,7 @@ pub mod redact;
 
 pub use config::{OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use evidence::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
+pub use labels::ModelLabels;
 pub use pipeline::Telemetry;
 pub use propagation::{extract_traceparent, traceparent};
 pub use record::EvidenceRecord;

@@ -198,6 +198,22 @@ pub const BACKOFF_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0, 120.0,
 ];
 
+// === bounded labels ===
+
+/// Most attribute sets any one instrument keeps (set explicitly on every instrument; the SDK folds the rest
+/// into one `otel.metric.overflow="true"` series).
+pub const METRIC_CARDINALITY_LIMIT: usize = 2000;
+/// Longest model id used as a metric label or budget scope; longer ones become [`MODEL_INVALID`].
+pub const MODEL_MAX_LEN: usize = 128;
+/// Distinct models per route kept as labels by default; past it new ones become [`MODEL_OTHER`].
+pub const DEFAULT_MAX_MODELS_PER_ROUTE: usize = 200;
+/// Label of a model id that is too long or has characters outside `[A-Za-z0-9._:/@-]`.
+pub const MODEL_INVALID: &str = "_invalid";
+/// Label of a valid model id seen after the per-route limit was reached.
+pub const MODEL_OTHER: &str = "_other";
+/// Label of a request that names no model.
+pub const MODEL_UNKNOWN: &str = "_unknown";
+
 /// The evidence record's `elapsed_bucket`.
 pub fn elapsed_bucket(elapsed: std::time::Duration) -> &'static str {
     match elapsed.as_millis() {

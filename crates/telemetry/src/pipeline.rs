@@ -17,14 +17,14 @@ use opentelemetry::trace::{TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{LogExporter, MetricExporter, Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::logs::{BatchLogProcessor, SdkLogger, SdkLoggerProvider};
+use opentelemetry_sdk::metrics::{Instrument, PeriodicReader, SdkMeterProvider, Stream};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 
 use crate::TelemetryError;
 use crate::config::{OtlpProtocol, TelemetryConfig};
 use crate::evidence::EvidenceWriter;
-use crate::export::{Counted, Dropped, SIGNALS};
+use crate::export::{Bounded, Counted, Dropped, LOGS, Queue, SIGNALS, TRACES};
 use crate::names::*;
 
 /// The instruments of the contract, created once.
@@ -165,8 +165,18 @@ impl Telemetry {
             .without_target_info()
             .build()
             .map_err(|e| TelemetryError::Init(format!("prometheus exporter: {e}")))?;
+        // Explicit cardinality limit on every instrument: past it the SDK folds new attribute sets into one
+        // `otel.metric.overflow` series instead of growing memory. Our own labels are bounded before this
+        // (see `crate::labels`), so reaching it means a bug, not a busy caller.
+        let limit_cardinality = |_: &Instrument| {
+            Stream::builder()
+                .with_cardinality_limit(METRIC_CARDINALITY_LIMIT)
+                .build()
+                .ok()
+        };
         let mut meters = SdkMeterProvider::builder()
             .with_resource(resource.clone())
+            .with_view(limit_cardinality)
             .with_reader(prom);
         let mut tracers = SdkTracerProvider::builder().with_resource(resource.clone());
         let mut logger_provider = None;
@@ -196,19 +206,37 @@ impl Telemetry {
             let spans = exporter!(SpanExporter, &otlp.traces_endpoint);
             let metrics = exporter!(MetricExporter, &otlp.metrics_endpoint);
             let logs = exporter!(LogExporter, &otlp.logs_endpoint);
+            let span_queue = Queue::new(TRACES, config.queue_size, Arc::clone(&dropped));
+            let log_queue = Queue::new(LOGS, config.queue_size, Arc::clone(&dropped));
             let spans = Counted {
                 inner: spans.map_err(|e| err("traces", e))?,
                 dropped: Arc::clone(&dropped),
+                queue: Some(Arc::clone(&span_queue)),
             };
             let metrics = Counted {
                 inner: metrics.map_err(|e| err("metrics", e))?,
                 dropped: Arc::clone(&dropped),
+                queue: None,
             };
             let logs = Counted {
                 inner: logs.map_err(|e| err("logs", e))?,
                 dropped: Arc::clone(&dropped),
+                queue: Some(Arc::clone(&log_queue)),
             };
-            tracers = tracers.with_batch_exporter(spans);
+            let span_batches = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_max_queue_size(config.queue_size)
+                .with_scheduled_delay(config.batch_delay)
+                .build();
+            let log_batches = opentelemetry_sdk::logs::BatchConfigBuilder::default()
+                .with_max_queue_size(config.queue_size)
+                .with_scheduled_delay(config.batch_delay)
+                .build();
+            tracers = tracers.with_span_processor(Bounded {
+                inner: BatchSpanProcessor::builder(spans)
+                    .with_batch_config(span_batches)
+                    .build(),
+                queue: span_queue,
+            });
             meters = meters.with_reader(
                 PeriodicReader::builder(metrics)
                     .with_interval(config.metric_interval)
@@ -217,7 +245,12 @@ impl Telemetry {
             logger_provider = Some(
                 SdkLoggerProvider::builder()
                     .with_resource(resource.clone())
-                    .with_batch_exporter(logs)
+                    .with_log_processor(Bounded {
+                        inner: BatchLogProcessor::builder(logs)
+                            .with_batch_config(log_batches)
+                            .build(),
+                        queue: log_queue,
+                    })
                     .build(),
             );
         }

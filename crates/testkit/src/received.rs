@@ -318,6 +318,18 @@ impl ReceivedMetric {
     pub fn resource_attr_str(&self, key: &str) -> Option<&str> {
         attrs::attr_str(&self.resource_attributes, key)
     }
+
+    /// Data points in this metric (one per attribute set): the unit the sender's drop counter uses.
+    pub fn data_points(&self) -> usize {
+        match &self.metric.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        }
+    }
 }
 
 // === flattening ===
