@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The one test command (README, CONTRIBUTING and .ci/run all call this through `make test`).
 # It installs what the tests need when missing — Debian: prometheus (+ promtool), prometheus-alertmanager
-# (amtool), chromium; pip: pytest, pyyaml, openai, rotel, websocket-client — then runs, in order: formatting,
-# clippy with warnings as errors, every Rust test in the workspace, and the Python tests that drive real
-# components (the openai SDK through the proxy; Prometheus evaluating every dashboard and rule query against a
-# running demo; the HTML incident report in headless Chromium).
+# (amtool), chromium; pip: pytest, pyyaml, openai, rotel, websocket-client; npm (tests/node): openai — then
+# runs, in order: formatting, clippy with warnings as errors, every Rust test in the workspace, and the Python
+# and Node tests that drive real components (the openai SDKs through the proxy; Prometheus evaluating every
+# dashboard and rule query against a running demo; the HTML incident report in headless Chromium; evidence
+# file rotation under load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +39,8 @@ export ROTEL_AGENT
 promtool --version 2>&1 | head -1
 echo "rotel-agent: $ROTEL_AGENT"
 
+command -v node >/dev/null && command -v npm >/dev/null || { echo "missing Node.js/npm: needed for tests/node"; exit 1; }
+
 for component in rustfmt clippy; do
   cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || { echo "missing the $component component of the Rust toolchain"; exit 1; }
 done
@@ -60,10 +63,19 @@ export RETRYBUDGET_BIN
 log "python: the official openai SDK through a running retrybudget proxy"
 $PY -m pytest -q -p no:cacheprovider tests/sdk
 
+log "python: security suite against a running proxy holding a key (SECURITY.md maps each test to its threat)"
+$PY -m pytest -q -p no:cacheprovider tests/security
+
 log "python: operations kit (rules, configs, dashboards, every PromQL query against a real Prometheus)"
 $PY -m pytest -q -s -p no:cacheprovider tests/ops
 
 log "python: report --html in headless Chromium (no request, no console error, figures = text report = demo), 1 GiB of garbage"
 $PY -m pytest -q -s -p no:cacheprovider tests/report
+
+log "python: evidence file rotation and reopen under load (tests/chain/test_evidence_rotation.py)"
+$PY -m pytest -q -p no:cacheprovider tests/chain/test_evidence_rotation.py
+
+log "node: the official openai Node.js SDK through a running retrybudget proxy"
+(cd tests/node && npm ci --no-audit --no-fund --loglevel=error && node --test)
 
 log "all stages passed"

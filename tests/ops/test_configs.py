@@ -41,13 +41,14 @@ FAILING_OUTCOMES = ["failed_without_retry", "failed_after_retry", "budget_exhaus
                     "stream_interrupted"]
 DS_REF = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 
-# Component types of the contrib distribution that these configs may use (a typo fails here, not at
-# `docker compose up`).
+# Component types of our collector distribution (collector-config/distribution/manifest.yaml, v0.161.0 names:
+# `otlp_grpc` and `load_balancing`, the old `otlp` and `loadbalancing` are deprecated aliases there). A typo fails
+# here; tests/chain runs the real collector on these files.
 COMPONENT_TYPES = {
     "receivers": {"otlp"},
-    "processors": {"memory_limiter", "batch", "tail_sampling", "resource", "attributes", "filter"},
-    "exporters": {"otlp", "otlphttp", "prometheus", "debug", "loadbalancing"},
-    "extensions": {"health_check", "pprof", "zpages"},
+    "processors": {"memory_limiter", "batch", "tail_sampling"},
+    "exporters": {"otlp_grpc", "prometheus", "debug", "load_balancing"},
+    "extensions": {"health_check"},
 }
 
 
@@ -63,8 +64,14 @@ def services() -> dict:
     return compose()["services"]
 
 
+# `${env:NAME:-default}` in the collector configs: the default is what the compose stack runs.
+_ENV_DEFAULT = re.compile(r"\$\{env:[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}")
+
+
 def host_port(endpoint: str) -> tuple[str, int]:
-    """'otel-gateway:4317', 'http://otel-agent:4317' or '0.0.0.0:4318' → (host, port)."""
+    """'otel-gateway:4317', 'http://otel-agent:4317' or '0.0.0.0:4318' → (host, port); an endpoint written
+    `${env:NAME:-default}` gives its default."""
+    endpoint = _ENV_DEFAULT.sub(r"\1", endpoint)
     if "://" in endpoint:
         parts = urlsplit(endpoint)
         return parts.hostname, parts.port
@@ -170,8 +177,8 @@ def test_agent_exports_to_the_gateway_it_runs_with():
     gateway_service = service_mounting(GATEWAY_CONFIG)
     gateway_grpc = host_port(gateway["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"])[1]
     exporters = {e for p in agent["service"]["pipelines"].values() for e in p["exporters"]}
-    assert exporters == {"otlp/gateway"}
-    host, port = assert_reachable(agent["exporters"]["otlp/gateway"]["endpoint"], "agent → gateway")
+    assert exporters == {"otlp_grpc/gateway"}
+    host, port = assert_reachable(agent["exporters"]["otlp_grpc/gateway"]["endpoint"], "agent → gateway")
     assert (host, port) == (gateway_service, gateway_grpc)
 
 
@@ -201,8 +208,8 @@ def test_gateway_tail_sampling_keeps_incident_traces():
 def test_gateway_exports_traces_to_jaeger_and_metrics_to_prometheus():
     gateway = load_yaml(GATEWAY_CONFIG)
     pipelines = gateway["service"]["pipelines"]
-    assert "otlp/jaeger" in pipelines["traces"]["exporters"]
-    assert_reachable(gateway["exporters"]["otlp/jaeger"]["endpoint"], "gateway → jaeger")
+    assert "otlp_grpc/jaeger" in pipelines["traces"]["exporters"]
+    assert_reachable(gateway["exporters"]["otlp_grpc/jaeger"]["endpoint"], "gateway → jaeger")
     assert "prometheus" in pipelines["metrics"]["exporters"]
     assert host_port(gateway["exporters"]["prometheus"]["endpoint"]) == ("0.0.0.0", GATEWAY_PROMETHEUS_PORT)
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use retrybudget_telemetry::{Telemetry, TelemetryConfig, TelemetryError};
+use retrybudget_telemetry::{EvidenceRotation, Telemetry, TelemetryConfig, TelemetryError};
 use serde_json::Value;
 
 use crate::config::usage;
@@ -30,12 +30,41 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// Reopens the evidence file on every SIGHUP (what `logrotate`'s `postrotate` sends after renaming it). Runs
+/// until the process ends; the reopen itself happens on the evidence writer thread, never on a request.
+pub(crate) async fn reopen_evidence_on_sighup(telemetry: Telemetry) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            eprintln!(
+                "warning: cannot listen for SIGHUP; the evidence file will not be reopened on logrotate"
+            );
+            return;
+        };
+        while hup.recv().await.is_some() {
+            telemetry.reopen_evidence();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = telemetry;
+}
+
 /// Telemetry from the standard `OTEL_*` variables plus an optional evidence file. A bad `OTEL_*` value is a
 /// usage error (exit 2); a pipeline that cannot start (e.g. an evidence file that cannot be opened) is a runtime
 /// error (exit 1).
 pub(crate) fn init_telemetry(evidence_file: Option<PathBuf>) -> anyhow::Result<Telemetry> {
+    init_telemetry_rotating(evidence_file, EvidenceRotation::default())
+}
+
+/// [`init_telemetry`] with size-based rotation of the evidence file.
+pub(crate) fn init_telemetry_rotating(
+    evidence_file: Option<PathBuf>,
+    rotation: EvidenceRotation,
+) -> anyhow::Result<Telemetry> {
     let mut config = TelemetryConfig::from_env().map_err(|e| usage(e.to_string()))?;
     config.evidence_file = evidence_file;
+    config.evidence_rotation = rotation;
     let telemetry = Telemetry::init(&config).map_err(|e| match e {
         TelemetryError::Config(_) => usage(e.to_string()),
         TelemetryError::Init(_) => anyhow::Error::new(e),

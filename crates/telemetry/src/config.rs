@@ -47,6 +47,8 @@ pub struct TelemetryConfig {
     pub metric_interval: Duration,
     /// JSONL evidence file, one line per attempt.
     pub evidence_file: Option<PathBuf>,
+    /// Size-based rotation of the evidence file (default: none).
+    pub evidence_rotation: crate::EvidenceRotation,
     /// Spans (and, separately, log records) that may wait for export (`OTEL_BSP_MAX_QUEUE_SIZE`, default
     /// 2048). Past it, new items are dropped and counted in `retrybudget.telemetry.dropped`.
     pub queue_size: usize,
@@ -67,6 +69,7 @@ impl Default for TelemetryConfig {
             otlp: None,
             metric_interval: Duration::from_secs(60),
             evidence_file: None,
+            evidence_rotation: crate::EvidenceRotation::default(),
             queue_size: 2048,
             batch_delay: Duration::from_secs(5),
         }

@@ -26,6 +26,7 @@ pub mod redact;
 
 pub use config::{OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use evidence::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
+pub use evidence_file::EvidenceRotation;
 pub use labels::ModelLabels;
 pub use pipeline::Telemetry;
 pub use propagation::{extract_traceparent, traceparent};
