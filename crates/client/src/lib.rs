@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use retrybudget_policy::{
     AttemptResult, FailureKind, Outcome, Policy, PolicyConfig, ResponseHead, peek_error_body,
 };
-use retrybudget_telemetry::{ModelLabels, ResponseFacts, Telemetry};
+use retrybudget_telemetry::{CallerRetry, ModelLabels, ResponseFacts, Telemetry};
 use secrecy::{ExposeSecret as _, SecretString};
 
 pub use error::{CallError, ChatError, ClientError};
@@ -106,6 +106,14 @@ pub struct RawRequest {
     pub parent: opentelemetry::Context,
     /// The caller's own retry count (`x-stainless-retry-count`), if sent.
     pub client_retry_count: Option<u32>,
+    /// Set when this request is its caller's re-send of an earlier one (proxy mode): counted in
+    /// `retrybudget.client.nested_retries` and recorded on the logical span and in the evidence.
+    pub caller_retry: Option<CallerRetry>,
+    /// With a `caller_retry`: its first attempt withdraws from the shared budget like a retry (instead of
+    /// depositing like new traffic) and its allowance counts the caller's earlier attempts; when the budget
+    /// cannot pay, [`Client::send`] makes no attempt and returns a `budget_exhausted` [`CallError`] with a
+    /// `retry_after_secs`.
+    pub caller_retry_pays: bool,
     /// The caller's deadline, if shorter than the configured one.
     pub deadline: Option<Duration>,
     /// Whether the request may be sent more than once (see `retrybudget_policy::repeatable`); when false the
@@ -128,6 +136,8 @@ impl RawRequest {
             temperature: None,
             parent: opentelemetry::Context::new(),
             client_retry_count: None,
+            caller_retry: None,
+            caller_retry_pays: false,
             deadline: None,
             repeatable: true,
         }
@@ -349,6 +359,15 @@ impl Client {
         mut transport: T,
     ) -> Result<Exchange, CallError> {
         let mut run = Inflight::start(self, &request, false);
+        if let Some(retry_after_secs) = run.refuse_unpaid_resend() {
+            return Err(CallError {
+                outcome: Outcome::BudgetExhausted,
+                attempts: 0,
+                last_status: None,
+                error_type: None,
+                retry_after_secs: Some(retry_after_secs),
+            });
+        }
         loop {
             let attempt_cx = run.begin_attempt();
             let timeout = run.attempt_timeout();
@@ -425,6 +444,7 @@ impl Client {
                             attempts: d.attempt + 1,
                             last_status: run.last_status,
                             error_type: d.error_type.map(|e| e.to_string()),
+                            retry_after_secs: None,
                         });
                     }
                     d

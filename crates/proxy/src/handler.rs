@@ -15,6 +15,7 @@ use retrybudget_policy::repeatable;
 
 use crate::ProxyState;
 use crate::access::Refusal;
+use crate::caller::{CallerRetries, CallerTable, Pending};
 use crate::request::{self, BodyError, TRACEPARENT};
 use crate::response::{self, ServerSpan};
 
@@ -145,8 +146,34 @@ async fn exchange(
         raw.max_tokens = facts.max_tokens;
         raw.temperature = facts.temperature;
     }
+    let pending = caller_retry(state, parts, &mut raw);
     match client.send(raw).await {
-        Ok(exchange) => response::relay(exchange),
-        Err(error) => response::upstream_failed(&error),
+        Ok(exchange) => {
+            if let Some(p) = pending {
+                p.finish(exchange.status.is_success(), exchange.attempts);
+            }
+            response::relay(exchange)
+        }
+        Err(error) => {
+            if let Some(p) = pending {
+                p.finish(false, error.attempts);
+            }
+            response::upstream_failed(&error)
+        }
     }
+}
+
+/// Recognises the caller's own re-send (see [`crate::caller`]) and marks `raw` with it. The returned guard
+/// must see the request's end (or be dropped, which records a failure: the caller went away).
+fn caller_retry(state: &ProxyState, parts: &Parts, raw: &mut RawRequest) -> Option<Pending> {
+    let table = state.callers();
+    if table.config().mode == CallerRetries::Off {
+        raw.caller_retry = CallerTable::header_only(raw.client_retry_count);
+        return None;
+    }
+    let keys = table.keys(&parts.method, &raw.url_template, &parts.headers, &raw.body);
+    let pending = Pending::new(table.clone(), table.arrive(keys, raw.client_retry_count));
+    raw.caller_retry = pending.retry();
+    raw.caller_retry_pays = table.config().mode == CallerRetries::Budget;
+    Some(pending)
 }

@@ -15,6 +15,7 @@ use opentelemetry::{Context, KeyValue};
 
 use crate::export::EVIDENCE;
 use crate::names::*;
+use crate::nested::CallerRetry;
 use crate::pipeline::Telemetry;
 use crate::record::EvidenceRecord;
 
@@ -82,6 +83,8 @@ pub struct AttemptEvent<'a> {
     pub terminal: Option<(&'static str, &'static str)>,
     /// `network.protocol.version`, when known.
     pub protocol_version: Option<&'static str>,
+    /// Set when the call is its caller's re-send (proxy mode): written to the evidence record.
+    pub caller_retry: Option<CallerRetry>,
 }
 
 impl AttemptEvent<'_> {
@@ -144,8 +147,13 @@ impl AttemptEvent<'_> {
             http_attrs.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(s)));
         }
         i.attempts.add(1, &attempt_attrs);
-        // A request refused by local validation never left: it has evidence, but no HTTP duration.
-        if self.error_type.as_deref() != Some("validation_error") {
+        // A request refused by local validation never left: it has evidence, but no HTTP duration. Neither did
+        // a caller's re-send the budget refused to pay for: stopped for the budget without any response or
+        // transport error (every other budget stop follows a failed attempt).
+        let refused_resend = self.decision == "stop_budget_exhausted"
+            && self.status.is_none()
+            && self.error_type.is_none();
+        if self.error_type.as_deref() != Some("validation_error") && !refused_resend {
             i.http_duration
                 .record(self.duration.as_secs_f64(), &http_attrs);
         }
@@ -222,6 +230,8 @@ impl AttemptEvent<'_> {
                 decision: self.decision.into(),
                 client_result: self.terminal.map(|(_, r)| r.into()),
                 terminal_outcome: self.terminal.map(|(o, _)| o.into()),
+                caller_retry: self.caller_retry.map(|r| r.source.as_str().into()),
+                caller_attempt: self.caller_retry.map(|r| r.attempt),
                 operator_note: note.into(),
                 trace_id: ctx.trace_id().to_string().into(),
                 span_id: ctx.span_id().to_string().into(),
@@ -260,6 +270,8 @@ pub struct CallEvent<'a> {
     pub error_type: Option<Cow<'static, str>>,
     /// The caller's own retry count (proxy mode), when it sent one.
     pub client_retry_count: Option<u32>,
+    /// Set when the request was its caller's re-send (proxy mode): how it was recognised.
+    pub caller_retry: Option<CallerRetry>,
     /// Response facts (ids, model, finish reasons, usage), when a response arrived.
     pub response: Option<&'a ResponseFacts>,
 }
@@ -297,6 +309,10 @@ impl CallEvent<'_> {
         }
         if let Some(n) = self.client_retry_count {
             attrs.push(KeyValue::new(RB_CLIENT_RETRY_COUNT, i64::from(n)));
+        }
+        if let Some(r) = self.caller_retry {
+            attrs.push(KeyValue::new(RB_CALLER_RETRY_SOURCE, r.source.as_str()));
+            attrs.push(KeyValue::new(RB_CALLER_RETRY_ATTEMPT, i64::from(r.attempt)));
         }
         if let Some(e) = &self.error_type {
             attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
@@ -362,11 +378,18 @@ impl CallEvent<'_> {
         }
         i.operation_duration
             .record(self.duration.as_secs_f64(), &op_attrs);
-        // Adding 0 still creates the route's series, so dashboards and alerts see a 0, not "no data".
-        i.nested_retries.add(
-            u64::from(self.client_retry_count.is_some_and(|n| n > 0)),
-            &[route],
-        );
+        // One count per caller re-send, by how it was recognised. Adding 0 to the route's series otherwise
+        // still creates it, so dashboards and alerts see a 0, not "no data".
+        match self.caller_retry {
+            Some(r) => i.nested_retries.add(
+                1,
+                &[
+                    route,
+                    KeyValue::new(RB_CALLER_RETRY_SOURCE, r.source.as_str()),
+                ],
+            ),
+            None => i.nested_retries.add(0, &[route]),
+        }
         span.end();
     }
 }

@@ -22,6 +22,10 @@ pub(crate) fn render(s: &Summary, view: &View) -> Value {
         "attempts_by_decision": s.attempts_by_decision.0,
         "attempts_by_error_type": s.attempts_by_error_type.0,
         "amplification": s.amplification().map(round),
+        "provider_amplification": s.provider_amplification().map(round),
+        "upstream_attempts": s.upstream_attempts,
+        "distinct_requests": s.distinct_requests(),
+        "caller_retries": s.caller_retries.0,
         "success_ratio": s.success_ratio().map(|r| (r * 10_000.0).round() / 10_000.0),
         "budget_exhausted": {
             "first": s.budget_first.as_ref().map(|(_, t)| t),
