@@ -59,14 +59,15 @@ impl Inflight {
                 inner
                     .redacted_base
                     .as_deref()
-                    .unwrap_or(&inner.server_address),
-                model
-            ),
+                    .unwrap_or(inner.server_address.as_str()),
+                model.as_str()
+            )
+            .into(),
             operation: gen_ai_operation(&request.url_template),
             model,
             server_address: inner.server_address.clone(),
             server_port: inner.server_port,
-            url_template: request.url_template.clone().into(),
+            url_template: CallLabels::shared(request.url_template.as_str()),
             method: http_method_label(request.method.as_str()).into(),
         };
         let mut attrs = vec![
@@ -111,7 +112,7 @@ impl Inflight {
             // A caller's re-send pays like a retry; refused, it is recorded on a call that touches no budget.
             Some(retry) if request.caller_retry_pays => {
                 match policy.start_caller_retry(
-                    &labels.scope,
+                    labels.scope.as_str(),
                     client.now(),
                     request.deadline,
                     client.next_seed(),
@@ -125,7 +126,7 @@ impl Inflight {
                 }
             }
             _ => policy.start_call(
-                &labels.scope,
+                labels.scope.as_str(),
                 client.now(),
                 request.deadline,
                 client.next_seed(),

@@ -22,10 +22,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use opentelemetry::StringValue;
 use retrybudget_policy::{
     AttemptResult, FailureKind, Outcome, Policy, PolicyConfig, ResponseHead, peek_error_body,
 };
-use retrybudget_telemetry::{CallerRetry, ModelLabels, ResponseFacts, Telemetry};
+use retrybudget_telemetry::{CallLabels, CallerRetry, ModelLabels, ResponseFacts, Telemetry};
 use secrecy::{ExposeSecret as _, SecretString};
 
 pub use error::{CallError, ChatError, ClientError};
@@ -184,10 +185,11 @@ struct Inner {
     base: String,
     /// `base` as `url.full` may show it (see `redact_url`), without a trailing slash.
     redacted_base: Option<String>,
-    server_address: String,
+    /// Label values below are shared buffers (see `CallLabels`): built once per client, cloned per call for free.
+    server_address: StringValue,
     server_port: u16,
-    provider: String,
-    route: String,
+    provider: StringValue,
+    route: StringValue,
     api_key: Option<SecretString>,
     max_response_body: usize,
     /// The route's bounded model labels (metric labels and budget scopes).
@@ -251,10 +253,10 @@ impl Client {
                 redacted_base: retrybudget_telemetry::redact::redact_url(&base)
                     .map(|b| b.trim_end_matches('/').to_owned()),
                 base,
-                server_address,
+                server_address: CallLabels::shared(server_address),
                 server_port,
-                provider: config.provider_name,
-                route: config.route_name,
+                provider: CallLabels::shared(config.provider_name),
+                route: CallLabels::shared(config.route_name),
                 api_key: config.api_key,
                 max_response_body: config.max_response_body,
                 models: ModelLabels::new(config.max_models_per_route),
@@ -465,8 +467,9 @@ impl Client {
         let mut headers = request.headers.clone();
         headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
-        if let Some(tp) =
-            retrybudget_telemetry::traceparent(cx).and_then(|v| HeaderValue::from_str(&v).ok())
+        // The formatted string becomes the header value's buffer (no second copy).
+        if let Some(tp) = retrybudget_telemetry::traceparent(cx)
+            .and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok())
         {
             headers.insert("traceparent", tp);
         }
@@ -485,7 +488,7 @@ impl Client {
             .headers(headers)
             .body(request.body.clone())
             .build();
-        let response = match built {
+        let mut response = match built {
             Ok(r) => match transport.send_attempt(r).await {
                 Ok(r) => r,
                 Err(kind) => return Output::Failed(kind),
@@ -494,7 +497,8 @@ impl Client {
         };
         let status = response.status();
         let version = protocol_version(response.version());
-        let headers = response.headers().clone();
+        // Taken, not cloned: the body below needs only the response's stream.
+        let headers = std::mem::take(response.headers_mut());
         // An upstream that ignores `stream` and answers JSON takes the buffered path, not the SSE one.
         let is_sse = headers
             .get(header::CONTENT_TYPE)
