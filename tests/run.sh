@@ -81,6 +81,9 @@ export RETRYBUDGET_BIN
 log "python: the official openai SDK through a running retrybudget proxy"
 $PY -m pytest -q -p no:cacheprovider tests/sdk
 
+log "python: security suite against a running proxy holding a key (SECURITY.md maps each test to its threat)"
+$PY -m pytest -q -p no:cacheprovider tests/security
+
 log "python: operations kit (rules, configs, dashboards, every PromQL query against a real Prometheus)"
 $PY -m pytest -q -s -p no:cacheprovider tests/ops
 

@@ -6,7 +6,7 @@ every network request the page made (Network.requestWillBeSent), every console m
 Policy violation (Log.entryAdded) are collected as events, then the rendered DOM is read back. Optionally writes
 a full-page PNG screenshot (used by docs/report-screenshot.sh, never by CI).
 
-    python3 tests/report/browser.py PAGE.html [--screenshot OUT.png] [--width 1120]
+    python3 tests/report/browser.py PAGE.html [--screenshot OUT.png] [--width 1120] [--scale 1]
 
 prints one JSON object: {"url", "requests", "console", "exceptions", "log", "dom"}.
 """
@@ -145,7 +145,7 @@ class Page:
             shutil.rmtree(self.profile, ignore_errors=True)
 
 
-def open_page(path, screenshot=None, width=1120):
+def open_page(path, screenshot=None, width=1120, scale=1):
     """Loads `path` and returns what happened; writes a full-page PNG to `screenshot` if given."""
     url = Path(path).resolve().as_uri()
     page = Page(width=width)
@@ -160,7 +160,7 @@ def open_page(path, screenshot=None, width=1120):
             size = page.call("Page.getLayoutMetrics")["cssContentSize"]
             height = int(size["height"]) + 1
             page.call(
-                "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=2, mobile=False
+                "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=scale, mobile=False
             )
             page.drain(0.5)
             shot = page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
@@ -187,8 +187,9 @@ def main():
     ap.add_argument("page")
     ap.add_argument("--screenshot")
     ap.add_argument("--width", type=int, default=1120)
+    ap.add_argument("--scale", type=float, default=1, help="device pixels per CSS pixel of the screenshot")
     a = ap.parse_args()
-    result = open_page(a.page, a.screenshot, a.width)
+    result = open_page(a.page, a.screenshot, a.width, a.scale)
     json.dump(result, sys.stdout)
     print()
     return 0

@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the local OpenAI-compatible sidecar: budgeted retries plus evidence for any app.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Run the built-in scriptable fake upstream (the test double) until Ctrl-C.
     FakeUpstream(FakeUpstreamArgs),
     /// Run the runbook's smoke test: happy path, validation path, retry path; evidence table, report, exit code.
@@ -78,12 +78,60 @@ pub struct ProxyArgs {
     /// Rotated evidence files kept, PATH.1 (newest) to PATH.N; older ones are deleted [default: 5]
     #[arg(long, env = "RETRYBUDGET_EVIDENCE_KEEP", value_name = "N")]
     pub evidence_keep: Option<u32>,
-    /// NAME of an environment variable holding an API key, sent when the caller sends no Authorization
+    /// NAME of an environment variable holding the provider key, injected into every forwarded request
+    /// (replacing the caller's credential)
     #[arg(long, env = "RETRYBUDGET_API_KEY_ENV", value_name = "NAME")]
     pub api_key_env: Option<String>,
+    /// Header that carries the injected key: authorization (as Bearer KEY) or e.g. api-key (Azure OpenAI)
+    /// [default: authorization]
+    #[arg(long, env = "RETRYBUDGET_API_KEY_HEADER", value_name = "HEADER")]
+    pub api_key_header: Option<String>,
+    /// NAME of an environment variable holding a token callers must send as Authorization: Bearer TOKEN
+    /// (required to inject a key on a non-loopback address) [default: none]
+    #[arg(long, env = "RETRYBUDGET_CALLER_TOKEN_ENV", value_name = "NAME")]
+    pub caller_token_env: Option<String>,
+    /// A Host name (or name:port) accepted besides localhost, loopback addresses and the listen address;
+    /// repeatable
+    #[arg(
+        long,
+        env = "RETRYBUDGET_ALLOWED_HOST",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub allowed_host: Vec<String>,
+    /// An Origin (scheme://host[:port]) whose browser requests are accepted, with CORS headers; repeatable
+    /// [default: none, browser requests are refused]
+    #[arg(
+        long,
+        env = "RETRYBUDGET_ALLOWED_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origin: Vec<String>,
     /// Largest request body accepted, in bytes or with a unit (8MiB, 512KiB) [default: 8MiB]
     #[arg(long, env = "RETRYBUDGET_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: Option<u64>,
+    /// Largest upstream answer buffered whole (errors, chat completions); a larger one fails as
+    /// invalid_response. Streams and other successful answers pass through unbuffered (1KiB to 1GiB)
+    /// [default: 32MiB]
+    #[arg(long, env = "RETRYBUDGET_MAX_RESPONSE_BODY", value_name = "SIZE", value_parser = parse_size)]
+    pub max_response_body: Option<u64>,
+    /// Longest time to receive a request head, from its first byte (10ms to 10m) [default: 10s]
+    #[arg(long, env = "RETRYBUDGET_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Longest time to receive a request body; then 408 (10ms to 1h) [default: 30s]
+    #[arg(long, env = "RETRYBUDGET_BODY_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub body_read_timeout: Option<Duration>,
+    /// Longest time a connection stays open without a request (10ms to 1h) [default: 60s]
+    #[arg(long, env = "RETRYBUDGET_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Connections served at once; one more gets a local 503 (1 to 1000000) [default: 1024]
+    #[arg(long, env = "RETRYBUDGET_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Proxied requests in progress at once, streams included; one more gets a local 503 (1 to 1000000)
+    /// [default: 256]
+    #[arg(long, env = "RETRYBUDGET_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<u32>,
 }
 
 /// Retry policy flags (proxy).

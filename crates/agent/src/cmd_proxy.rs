@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::ArgMatches;
 use retrybudget_client::{Client, ClientConfig, ClientError};
-use retrybudget_proxy::{ProxyConfig, ProxyState};
+use retrybudget_proxy::{Access, Limits, ProxyConfig, ProxyState};
 use retrybudget_telemetry::EvidenceRotation;
 use serde::Deserialize;
 
@@ -43,7 +43,19 @@ struct ProxyFile {
     evidence_max_size: Option<FileSize>,
     evidence_keep: Option<u32>,
     api_key_env: Option<String>,
+    api_key_header: Option<String>,
+    caller_token_env: Option<String>,
+    #[serde(default)]
+    allowed_host: Vec<String>,
+    #[serde(default)]
+    allowed_origin: Vec<String>,
     max_body: Option<FileSize>,
+    max_response_body: Option<FileSize>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u32>,
+    max_in_flight: Option<u32>,
 }
 
 const DEFAULT_MAX_BODY: u64 = 8 << 20;
@@ -87,6 +99,7 @@ fn evidence_rotation(
     })
 }
 const MAX_MAX_BODY: u64 = 1 << 30;
+const DEFAULT_MAX_RESPONSE_BODY: u64 = 32 << 20;
 
 /// `retrybudget proxy`.
 pub(crate) async fn run(
@@ -154,6 +167,20 @@ pub(crate) async fn run(
         MAX_MAX_BODY,
         "a size from 1 byte to 1GiB",
     )?;
+    let max_response_body = layers.pick_or(
+        "max_response_body",
+        args.max_response_body,
+        file_size(config, "max_response_body", file.max_response_body)?,
+        DEFAULT_MAX_RESPONSE_BODY,
+    );
+    check_range(
+        &layers,
+        "max_response_body",
+        &max_response_body,
+        1024,
+        MAX_MAX_BODY,
+        "a size from 1KiB to 1GiB",
+    )?;
     let evidence = layers.pick(
         "evidence_file",
         args.evidence_file.clone(),
@@ -162,6 +189,17 @@ pub(crate) async fn run(
     if let Some(e) = &evidence {
         check_writable_parent(&layers, "evidence_file", e)?;
     }
+    let mut file_access = FileAccess {
+        api_key_header: file.api_key_header,
+        caller_token_env: file.caller_token_env,
+        allowed_host: file.allowed_host,
+        allowed_origin: file.allowed_origin,
+        header_read_timeout: file.header_read_timeout,
+        body_read_timeout: file.body_read_timeout,
+        idle_timeout: file.idle_timeout,
+        max_connections: file.max_connections,
+        max_in_flight: file.max_in_flight,
+    };
     let rotation = evidence_rotation(
         &layers,
         args,
@@ -174,6 +212,18 @@ pub(crate) async fn run(
         layers.pick("api_key_env", args.api_key_env.clone(), file.api_key_env),
     )?;
     let has_key = key.is_some();
+    let access = access(&layers, args, &mut file_access, key)?;
+    if access.exposes_key(listen.value) {
+        return Err(usage(format!(
+            "refusing to start: {} injects the provider key, and {} ({}) is reachable from other hosts, with \
+             no caller token: anyone who can reach the port could spend the key. Listen on 127.0.0.1, or set \
+             --caller-token-env NAME (callers then send Authorization: Bearer <token>)",
+            layers.all_names("api_key_env"),
+            listen.value,
+            layers.describe("listen", listen.src)
+        )));
+    }
+    let limits = limits(&layers, args, &mut file_access, config)?;
 
     let telemetry = init_telemetry_rotating(evidence.as_ref().map(|e| e.value.clone()), rotation)?;
     tokio::spawn(reopen_evidence_on_sighup(telemetry.clone()));
@@ -181,7 +231,10 @@ pub(crate) async fn run(
     client_config.provider_name = provider.value;
     client_config.route_name = route.value;
     client_config.policy = policy;
-    client_config.api_key = key;
+    // The proxy injects the key itself (into the configured header, replacing the caller's credential).
+    client_config.api_key = None;
+    client_config.max_response_body =
+        usize::try_from(max_response_body.value).unwrap_or(usize::MAX);
     let client = Client::new(client_config, telemetry.clone()).map_err(|e| match e {
         ClientError::BaseUrl { .. } => usage(format!(
             "{e} ({})",
@@ -190,10 +243,13 @@ pub(crate) async fn run(
         ClientError::Policy(_) => usage(e.to_string()),
         ClientError::Http(_) => anyhow::Error::new(e),
     })?;
+    let has_token = access.caller_token.is_some();
     let state = ProxyState::new(
         client,
         ProxyConfig {
             max_body: usize::try_from(max_body.value).unwrap_or(usize::MAX),
+            access,
+            limits,
             ..ProxyConfig::default()
         },
     );
@@ -201,12 +257,6 @@ pub(crate) async fn run(
         .await
         .with_context(|| format!("cannot listen on {}: is the port in use?", listen.value))?;
     let addr = listener.local_addr()?;
-    if has_key && !addr.ip().is_loopback() {
-        eprintln!(
-            "warning: listening on {addr}, beyond this host, with --api-key-env set: anyone who can reach this \
-             port can call the upstream with your key. Bind 127.0.0.1 or put authentication in front."
-        );
-    }
     println!(
         "retrybudget proxy listening on http://{addr} -> upstream {}; metrics at http://{addr}/metrics; {}; evidence file {}; API key {}",
         printable_url(&upstream.value),
@@ -214,10 +264,11 @@ pub(crate) async fn run(
         evidence
             .as_ref()
             .map_or_else(|| "off".to_owned(), |e| e.value.display().to_string()),
-        if has_key {
-            "injected when the caller sends none"
-        } else {
-            "not configured (callers' Authorization is forwarded)"
+        match (has_key, has_token) {
+            (true, true) => "injected for callers presenting the caller token",
+            (true, false) => "injected into every request",
+            (false, true) => "not configured (callers must present the caller token)",
+            (false, false) => "not configured (callers' Authorization is forwarded)",
         },
     );
     let served = retrybudget_proxy::serve(listener, state, async {
@@ -236,4 +287,179 @@ pub(crate) async fn run(
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The access settings as the config file may give them (moved out of [`ProxyFile`] before the key is read).
+struct FileAccess {
+    api_key_header: Option<String>,
+    caller_token_env: Option<String>,
+    allowed_host: Vec<String>,
+    allowed_origin: Vec<String>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u32>,
+    max_in_flight: Option<u32>,
+}
+
+/// Who may use the proxy: allowed hosts and origins, the caller token and the header carrying the key.
+fn access(
+    layers: &Layers<'_>,
+    args: &ProxyArgs,
+    file: &mut FileAccess,
+    api_key: Option<secrecy::SecretString>,
+) -> anyhow::Result<Access> {
+    let header = layers.pick(
+        "api_key_header",
+        args.api_key_header.clone(),
+        file.api_key_header.take(),
+    );
+    let api_key_header = match &header {
+        None => http::header::AUTHORIZATION,
+        Some(s) => http::HeaderName::from_bytes(s.value.trim().to_ascii_lowercase().as_bytes())
+            .map_err(|_| {
+                usage(format!(
+                    "invalid value {:?} for {}: expected an HTTP header name such as authorization or api-key",
+                    s.value,
+                    layers.describe("api_key_header", s.src)
+                ))
+            })?,
+    };
+    if let Some(key) = &api_key {
+        use secrecy::ExposeSecret as _;
+        if http::HeaderValue::from_str(key.expose_secret()).is_err() {
+            return Err(usage(format!(
+                "the API key named by {} contains characters an HTTP header cannot carry (a newline?); fix the \
+                 variable's value",
+                layers.all_names("api_key_env")
+            )));
+        }
+    }
+    let token_env = layers.pick(
+        "caller_token_env",
+        args.caller_token_env.clone(),
+        file.caller_token_env.take(),
+    );
+    let caller_token = crate::config::secret_from_env(layers, "caller_token_env", token_env)?;
+    // A list given by flag or environment replaces the file's.
+    let pick_list = |cli: &[String], from_file: Vec<String>| -> Vec<String> {
+        let chosen = if cli.is_empty() {
+            from_file
+        } else {
+            cli.to_vec()
+        };
+        chosen
+            .into_iter()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect()
+    };
+    let allowed_hosts = pick_list(&args.allowed_host, std::mem::take(&mut file.allowed_host));
+    let allowed_origins = pick_list(
+        &args.allowed_origin,
+        std::mem::take(&mut file.allowed_origin),
+    );
+    for origin in &allowed_origins {
+        let ok = url::Url::parse(origin).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.path() == "/"
+                && u.query().is_none()
+                && !origin.trim_end_matches('/').ends_with(':')
+        });
+        if !ok {
+            return Err(usage(format!(
+                "invalid value {origin:?} for --allowed-origin: expected an origin such as https://app.example:3000 \
+                 (scheme, host and optional port; no path)"
+            )));
+        }
+    }
+    Ok(Access {
+        allowed_hosts,
+        allowed_origins,
+        caller_token,
+        api_key,
+        api_key_header,
+        listen_addr: None,
+    })
+}
+
+/// The listener's timeouts and caps, validated.
+fn limits(
+    layers: &Layers<'_>,
+    args: &ProxyArgs,
+    file: &mut FileAccess,
+    config: Option<&Path>,
+) -> anyhow::Result<Limits> {
+    use std::time::Duration;
+    let d = Limits::default();
+    let duration = |id: &str,
+                    cli: Option<Duration>,
+                    from_file: Option<String>,
+                    default: Duration,
+                    max: Duration,
+                    expected: &str|
+     -> anyhow::Result<Duration> {
+        let s = layers.pick_or(
+            id,
+            cli,
+            crate::config::file_duration(config, id, from_file)?,
+            default,
+        );
+        check_range(layers, id, &s, Duration::from_millis(10), max, expected)?;
+        Ok(s.value)
+    };
+    let header_read_timeout = duration(
+        "header_read_timeout",
+        args.header_read_timeout,
+        file.header_read_timeout.take(),
+        d.header_read_timeout,
+        Duration::from_secs(600),
+        "a duration from 10ms to 10m",
+    )?;
+    let body_read_timeout = duration(
+        "body_read_timeout",
+        args.body_read_timeout,
+        file.body_read_timeout.take(),
+        d.body_read_timeout,
+        Duration::from_secs(3600),
+        "a duration from 10ms to 1h",
+    )?;
+    let idle_timeout = duration(
+        "idle_timeout",
+        args.idle_timeout,
+        file.idle_timeout.take(),
+        d.idle_timeout,
+        Duration::from_secs(3600),
+        "a duration from 10ms to 1h",
+    )?;
+    let count = |id: &str, cli: Option<u32>, from_file: Option<u32>, default: usize| {
+        let s = layers.pick_or(
+            id,
+            cli,
+            from_file,
+            u32::try_from(default).unwrap_or(u32::MAX),
+        );
+        check_range(layers, id, &s, 1, 1_000_000, "a number from 1 to 1000000")?;
+        Ok::<_, anyhow::Error>(s.value as usize)
+    };
+    let max_connections = count(
+        "max_connections",
+        args.max_connections,
+        file.max_connections.take(),
+        d.max_connections,
+    )?;
+    let max_in_flight = count(
+        "max_in_flight",
+        args.max_in_flight,
+        file.max_in_flight.take(),
+        d.max_in_flight,
+    )?;
+    Ok(Limits {
+        header_read_timeout,
+        body_read_timeout,
+        idle_timeout,
+        max_connections,
+        max_in_flight,
+    })
 }

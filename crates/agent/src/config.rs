@@ -354,6 +354,36 @@ pub(crate) fn api_key(
     }
 }
 
+/// Reads a secret (e.g. the caller token) from the variable *named* by setting `id`; like [`api_key`], only
+/// the variable's name ever appears in a message.
+pub(crate) fn secret_from_env(
+    layers: &Layers<'_>,
+    id: &str,
+    setting: Option<Setting<String>>,
+) -> anyhow::Result<Option<SecretString>> {
+    let Some(s) = setting else {
+        return Ok(None);
+    };
+    let name = s.value.trim();
+    let place = layers.describe(id, s.src);
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return Err(usage(format!(
+            "invalid value {:?} for {place}: expected the NAME of an environment variable",
+            s.value
+        )));
+    }
+    match std::env::var(name) {
+        Ok(v) if v.trim().len() >= 16 => Ok(Some(SecretString::from(v.trim().to_owned()))),
+        Ok(_) => Err(usage(format!(
+            "{place} names {name}, which holds fewer than 16 characters: put a long random token in {name} \
+             (e.g. `openssl rand -hex 32`)"
+        ))),
+        Err(_) => Err(usage(format!(
+            "{place} names {name}, which is not set: export {name} with the caller token, or drop the setting"
+        ))),
+    }
+}
+
 /// A URL safe to print: no userinfo, secret query values replaced (anything unparsable is not printed).
 pub(crate) fn printable_url(raw: &str) -> String {
     retrybudget_telemetry::redact::redact_url(raw).unwrap_or_else(|| "<unparsable URL>".to_owned())
@@ -377,4 +407,66 @@ pub(crate) fn check_writable_parent(
         )));
     }
     Ok(())
+}
+
+// === fuzzing hook ===
+
+/// Not API: the fuzz target `config` (`fuzz/`) drives the config-file path through this. It parses `text` as
+/// a config file the way every subcommand does (TOML into a typed struct, the error message built as for a
+/// user), reads the shared keys with their leaf parsers (durations, sizes, addresses) and merges the retry keys
+/// into a validated [`PolicyConfig`] exactly as `proxy` does with no flags given. It must never panic, whatever
+/// the text; `Err` is a usage message.
+#[doc(hidden)]
+pub fn fuzz_config_text(text: &str) -> Result<(), String> {
+    use clap::{Args as _, FromArgMatches as _};
+    let path = Path::new("fuzz.toml");
+    let table: toml::Table = toml::from_str(text)
+        .map_err(|e| format!("invalid config file: {}", e.to_string().trim_end()))?;
+    let string = |key: &str| table.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    for key in [
+        "deadline",
+        "per_attempt_timeout",
+        "budget_ttl",
+        "interval",
+        "timeout",
+    ] {
+        let _ = file_duration(Some(path), key, string(key));
+    }
+    let _ = file_addr(Some(path), "listen", string("listen"));
+    let size = table.get("max_body").and_then(|v| match v {
+        toml::Value::Integer(n) => u64::try_from(*n).ok().map(FileSize::Bytes),
+        toml::Value::String(s) => Some(FileSize::Text(s.clone())),
+        _ => None,
+    });
+    let _ = file_size(Some(path), "max_body", size);
+    let retry: RetryFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let matches = RetryArgs::augment_args(clap::Command::new("fuzz"))
+        .try_get_matches_from(["fuzz"])
+        .map_err(|e| e.to_string())?;
+    let cli = RetryArgs::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let layers = Layers::new(&matches, Some(path));
+    policy_config(&layers, &cli, retry, Some(path))
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod fuzz_hook_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::fuzz_config_text;
+
+    #[test]
+    fn the_fuzz_hook_validates_like_the_proxy() {
+        assert_eq!(
+            fuzz_config_text("max_attempts = 4\nbudget_ttl = \"5s\"\nlisten = \"x\""),
+            Ok(())
+        );
+        let err = fuzz_config_text("budget_ratio = 2.0").unwrap_err();
+        assert!(
+            err.contains("budget_ratio") && err.contains("fuzz.toml"),
+            "{err}"
+        );
+        assert!(fuzz_config_text("budget_ttl = \"soon\"").is_err());
+        assert!(fuzz_config_text("max_attempts = [").is_err());
+    }
 }

@@ -44,7 +44,16 @@ fn proxy_help_lists_every_flag() {
         "--evidence-max-size",
         "--evidence-keep",
         "--api-key-env",
+        "--api-key-header",
+        "--caller-token-env",
+        "--allowed-host",
+        "--allowed-origin",
         "--max-body",
+        "--header-read-timeout",
+        "--body-read-timeout",
+        "--idle-timeout",
+        "--max-connections",
+        "--max-in-flight",
         "--config",
     ] {
         assert!(help.contains(flag), "proxy --help lacks {flag}:\n{help}");
@@ -290,4 +299,69 @@ fn api_key_env_naming_an_unset_variable_is_exit_2() {
         &[],
     );
     assert!(e.contains("RETRYBUDGET_TEST_SURELY_UNSET_KEY"), "{e}");
+}
+
+#[test]
+fn a_key_on_a_reachable_address_without_a_caller_token_is_exit_2() {
+    let key = [("RETRYBUDGET_TEST_PROVIDER_KEY", "sk-never-printed-4711")];
+    let e = usage_error(
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--listen",
+            "0.0.0.0:0",
+            "--api-key-env",
+            "RETRYBUDGET_TEST_PROVIDER_KEY",
+        ],
+        &key,
+    );
+    assert!(
+        e.contains("refusing to start") && e.contains("--caller-token-env"),
+        "{e}"
+    );
+    assert!(!e.contains("sk-never-printed-4711"), "{e}");
+
+    let short = [key[0], ("RETRYBUDGET_TEST_CALLER_TOKEN", "short")];
+    let e = usage_error(
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--listen",
+            "0.0.0.0:0",
+            "--api-key-env",
+            "RETRYBUDGET_TEST_PROVIDER_KEY",
+            "--caller-token-env",
+            "RETRYBUDGET_TEST_CALLER_TOKEN",
+        ],
+        &short,
+    );
+    assert!(
+        e.contains("RETRYBUDGET_TEST_CALLER_TOKEN") && e.contains("16"),
+        "{e}"
+    );
+    assert!(!e.contains("short\""), "{e}");
+}
+
+#[test]
+fn listener_limits_and_access_flags_are_checked() {
+    for (args, named) in [
+        (
+            &["--header-read-timeout", "1ms"][..],
+            "--header-read-timeout",
+        ),
+        (&["--max-connections", "0"][..], "--max-connections"),
+        (&["--max-in-flight", "0"][..], "--max-in-flight"),
+        (&["--api-key-header", "bad header"][..], "--api-key-header"),
+        (
+            &["--allowed-origin", "https://app.example/path"][..],
+            "--allowed-origin",
+        ),
+    ] {
+        let mut all = vec!["proxy", "--upstream", "http://127.0.0.1:1"];
+        all.extend_from_slice(args);
+        let e = usage_error(&all, &[]);
+        assert!(e.contains(named), "{args:?}: {e}");
+    }
 }

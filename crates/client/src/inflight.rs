@@ -27,6 +27,7 @@ pub(crate) struct Inflight {
     client_retry_count: Option<u32>,
     pub(crate) facts: ResponseFacts,
     pub(crate) last_status: Option<u16>,
+    max_attempts: u32,
     done: bool,
 }
 
@@ -34,6 +35,13 @@ impl Inflight {
     /// Starts the evidence of one call; `local` is for a request refused before it could leave (no budget use).
     pub(crate) fn start(client: &Client, request: &crate::RawRequest, local: bool) -> Inflight {
         let inner = &client.inner;
+        // A request that must not be repeated runs under the same policy with an allowance of one attempt.
+        let policy = if request.repeatable {
+            &inner.policy
+        } else {
+            &inner.once
+        };
+        let max_attempts = policy.config().max_attempts;
         // Metric label and budget scope: bounded (`_invalid`, `_other`); spans may show any valid id.
         let model = inner.models.label(request.model.as_deref());
         let span_model = model_for_span(request.model.as_deref()).into_owned();
@@ -54,7 +62,7 @@ impl Inflight {
             server_address: inner.server_address.clone(),
             server_port: inner.server_port,
             url_template: request.url_template.clone().into(),
-            method: request.method.as_str().to_owned().into(),
+            method: http_method_label(request.method.as_str()).into(),
         };
         let mut attrs = vec![
             KeyValue::new(GEN_AI_OPERATION_NAME, labels.operation),
@@ -63,10 +71,7 @@ impl Inflight {
             KeyValue::new(SERVER_ADDRESS, labels.server_address.clone()),
             KeyValue::new(SERVER_PORT, i64::from(labels.server_port)),
             KeyValue::new(RB_ROUTE, labels.route.clone()),
-            KeyValue::new(
-                RB_MAX_ATTEMPTS,
-                i64::from(inner.policy.config().max_attempts),
-            ),
+            KeyValue::new(RB_MAX_ATTEMPTS, i64::from(max_attempts)),
         ];
         if request.stream {
             attrs.push(KeyValue::new(GEN_AI_REQUEST_STREAM, true));
@@ -86,11 +91,9 @@ impl Inflight {
             .telemetry
             .start_span(&request.parent, name, SpanKind::Client, attrs);
         let call = if local {
-            inner
-                .policy
-                .start_local_call(client.now(), client.next_seed())
+            policy.start_local_call(client.now(), client.next_seed())
         } else {
-            inner.policy.start_call(
+            policy.start_call(
                 &labels.scope,
                 client.now(),
                 request.deadline,
@@ -117,6 +120,7 @@ impl Inflight {
             client_retry_count: request.client_retry_count,
             facts: ResponseFacts::default(),
             last_status: None,
+            max_attempts,
             done: false,
         }
     }
@@ -214,7 +218,7 @@ impl Inflight {
             failed: outcome.is_failure(),
             stop_reason: d.kind.stop_reason(),
             attempts: d.attempt + 1,
-            max_attempts: self.client.inner.policy.config().max_attempts,
+            max_attempts: self.max_attempts,
             budget_balance: d.budget_balance,
             backoff_total,
             duration: self.started.elapsed(),

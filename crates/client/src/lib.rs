@@ -56,6 +56,10 @@ pub struct ClientConfig {
     /// Distinct model ids kept as metric labels and budget scopes; later ones are labelled `_other`
     /// (see [`retrybudget_telemetry::labels`]).
     pub max_models_per_route: usize,
+    /// Largest upstream body buffered whole (error answers and chat completions, which are read for their
+    /// facts); a longer one fails the attempt as `invalid_response`. Bodies passed through as they arrive
+    /// (streams, successful non-chat answers) are not buffered and not capped.
+    pub max_response_body: usize,
 }
 
 impl ClientConfig {
@@ -69,6 +73,7 @@ impl ClientConfig {
             api_key: None,
             connect_timeout: Duration::from_secs(10),
             max_models_per_route: retrybudget_telemetry::names::DEFAULT_MAX_MODELS_PER_ROUTE,
+            max_response_body: 32 << 20,
         }
     }
 }
@@ -100,6 +105,9 @@ pub struct RawRequest {
     pub client_retry_count: Option<u32>,
     /// The caller's deadline, if shorter than the configured one.
     pub deadline: Option<Duration>,
+    /// Whether the request may be sent more than once (see `retrybudget_policy::repeatable`); when false the
+    /// call has an allowance of one attempt.
+    pub repeatable: bool,
 }
 
 impl RawRequest {
@@ -118,6 +126,7 @@ impl RawRequest {
             parent: opentelemetry::Context::new(),
             client_retry_count: None,
             deadline: None,
+            repeatable: true,
         }
     }
 }
@@ -156,6 +165,8 @@ pub struct Client {
 struct Inner {
     http: reqwest::Client,
     policy: Policy,
+    /// The same policy with an allowance of one attempt, for requests that are not repeatable.
+    once: Policy,
     telemetry: Telemetry,
     base: String,
     /// `base` as `url.full` may show it (see `redact_url`), without a trailing slash.
@@ -165,6 +176,7 @@ struct Inner {
     provider: String,
     route: String,
     api_key: Option<SecretString>,
+    max_response_body: usize,
     /// The route's bounded model labels (metric labels and budget scopes).
     models: ModelLabels,
     origin: Instant,
@@ -191,6 +203,10 @@ impl Client {
         if base.ends_with("/v1") {
             base.truncate(base.len() - 3);
         }
+        let once = Policy::new(PolicyConfig {
+            max_attempts: 1,
+            ..config.policy.clone()
+        })?;
         let policy = Policy::new(config.policy)?;
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -217,6 +233,7 @@ impl Client {
             inner: Arc::new(Inner {
                 http,
                 policy,
+                once,
                 telemetry,
                 redacted_base: retrybudget_telemetry::redact::redact_url(&base)
                     .map(|b| b.trim_end_matches('/').to_owned()),
@@ -226,11 +243,17 @@ impl Client {
                 provider: config.provider_name,
                 route: config.route_name,
                 api_key: config.api_key,
+                max_response_body: config.max_response_body,
                 models: ModelLabels::new(config.max_models_per_route),
                 origin,
                 seeds: AtomicU64::new(seed),
             }),
         })
+    }
+
+    /// The upstream base URL requests are joined to (without a trailing `/` or `/v1`).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
     }
 
     /// The policy (and its budgets).
@@ -326,6 +349,7 @@ impl Client {
                     first,
                     rest,
                     version,
+                    require_done,
                 } => {
                     let attempts = run.attempt_index() + 1;
                     let outcome = if attempts > 1 {
@@ -333,7 +357,7 @@ impl Client {
                     } else {
                         Outcome::Success
                     };
-                    let stream = ChatStream::new(run, first, rest, version);
+                    let stream = ChatStream::new(run, first, rest, version, require_done);
                     return Ok(Exchange {
                         status,
                         headers,
@@ -438,7 +462,11 @@ impl Client {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        if request.stream && status.is_success() && is_sse {
+        // Passed through as it arrives: a stream the caller asked for, any other event stream, and any
+        // successful answer that is not a chat completion (whose facts we read from the whole body).
+        let pass_through = status.is_success()
+            && (is_sse || (!request.stream && request.url_template != CHAT_COMPLETIONS));
+        if pass_through {
             let mut rest = response.bytes_stream().boxed();
             return match rest.next().await {
                 Some(Ok(first)) => Output::Stream {
@@ -447,20 +475,44 @@ impl Client {
                     first,
                     rest,
                     version,
+                    // Only chat and legacy completions streams end with `data: [DONE]`.
+                    require_done: request.stream && is_sse,
+                },
+                // An empty successful answer (e.g. 204) is complete as it is.
+                None if !(request.stream && is_sse) => Output::Full {
+                    status,
+                    headers,
+                    body: Bytes::new(),
+                    version,
                 },
                 // Nothing reached the caller yet: safe to retry.
                 Some(Err(_)) | None => Output::Failed(FailureKind::ConnectionReset),
             };
         }
-        match response.bytes().await {
-            Ok(body) => Output::Full {
-                status,
-                headers,
-                body,
-                version,
-            },
-            Err(e) if e.is_timeout() => Output::Failed(FailureKind::Timeout),
-            Err(_) => Output::Failed(FailureKind::ConnectionReset),
+        let declared = response.content_length();
+        if declared.is_some_and(|n| n > inner.max_response_body as u64) {
+            return Output::Failed(FailureKind::InvalidResponse);
+        }
+        let mut response = response;
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > inner.max_response_body {
+                        return Output::Failed(FailureKind::InvalidResponse);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return Output::Failed(FailureKind::Timeout),
+                Err(_) => return Output::Failed(FailureKind::ConnectionReset),
+            }
+        }
+        Output::Full {
+            status,
+            headers,
+            body: body.freeze(),
+            version,
         }
     }
 
@@ -490,6 +542,8 @@ enum Output {
         first: Bytes,
         rest: ByteStream,
         version: Option<&'static str>,
+        /// Whether the body is complete only with `data: [DONE]`.
+        require_done: bool,
     },
     Failed(FailureKind),
 }

@@ -38,6 +38,9 @@ pub struct ChatStream {
     version: Option<&'static str>,
     line: Vec<u8>,
     saw_done: bool,
+    /// Whether the body is complete only with `data: [DONE]` (chat and legacy completion streams); other
+    /// bodies passed through are complete when they end.
+    require_done: bool,
     outcome: Option<Outcome>,
     /// When waiting for the next chunk must end: the per-attempt timeout (as an idle limit) bounded by the
     /// call's deadline, re-armed after every chunk. A stalled upstream can't hold the caller past either.
@@ -59,6 +62,7 @@ impl ChatStream {
         first: Bytes,
         rest: ByteStream,
         version: Option<&'static str>,
+        require_done: bool,
     ) -> Self {
         let stall = Box::pin(tokio::time::sleep(run.attempt_timeout()));
         ChatStream {
@@ -69,8 +73,22 @@ impl ChatStream {
             version,
             line: Vec::new(),
             saw_done: false,
+            require_done,
             outcome: None,
         }
+    }
+
+    /// How long the stream may still wait for its next chunk: the per-attempt timeout as an idle limit,
+    /// bounded by the call's deadline (`None` once it has ended). A relay that cannot hand chunks on (its
+    /// reader stopped reading) uses it to keep both limits without polling the stream.
+    pub fn time_left(&self) -> Option<std::time::Duration> {
+        self.run.as_ref().map(Inflight::attempt_timeout)
+    }
+
+    /// Ends the call now as a `timeout` after its commit point (`stream_interrupted`), dropping the upstream
+    /// connection: for a relay whose reader stopped reading past [`ChatStream::time_left`].
+    pub fn time_out(&mut self) {
+        self.finish(&AttemptResult::Failure(FailureKind::Timeout));
     }
 
     /// The terminal outcome, once the stream has ended.
@@ -79,6 +97,9 @@ impl ChatStream {
     }
 
     fn scan(&mut self, chunk: &[u8]) {
+        if !self.require_done {
+            return;
+        }
         for &b in chunk {
             if b == b'\n' {
                 self.line_done();
@@ -151,7 +172,7 @@ impl Stream for ChatStream {
                 if !this.line.is_empty() {
                     this.line_done();
                 }
-                if this.saw_done {
+                if this.saw_done || !this.require_done {
                     this.finish(&AttemptResult::Response(ResponseHead::status(200)));
                     Poll::Ready(None)
                 } else {

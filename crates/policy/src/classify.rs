@@ -541,6 +541,20 @@ mod tests {
         }
         let huge = vec![b' '; PEEK_LIMIT + 1];
         assert_eq!(peek_error_body(&huge), ErrorPeek::default());
+        // exactly at the limit is still read
+        let mut at_limit = br#"{"error":{"code":"c"}}"#.to_vec();
+        at_limit.resize(PEEK_LIMIT, b' ');
+        assert_eq!(peek_error_body(&at_limit).code.as_deref(), Some("c"));
+        let mut over = br#"{"error":{"code":"c"}}"#.to_vec();
+        over.resize(PEEK_LIMIT + 1, b' ');
+        assert_eq!(peek_error_body(&over), ErrorPeek::default());
+        // identifiers: up to 64 characters
+        let id64 = "a".repeat(64);
+        let body = format!(r#"{{"error":{{"code":"{id64}","type":"{id64}b"}}}}"#);
+        let p = peek_error_body(body.as_bytes());
+        assert_eq!((p.code.as_deref(), p.kind), (Some(id64.as_str()), None));
+        let p = peek_error_body(br#"{"error":{"code":"","type":"a.b-c_1"}}"#);
+        assert_eq!((p.code, p.kind.as_deref()), (None, Some("a.b-c_1")));
     }
 
     #[test]

@@ -141,6 +141,158 @@ mod tests {
     }
 
     #[test]
+    fn every_bound_is_inclusive_and_one_step_past_it_is_refused() {
+        let ns = Duration::from_nanos(1);
+        let ok = |c: PolicyConfig| assert_eq!(c.validate(), Ok(()), "{c:?}");
+        let bad = |c: PolicyConfig, setting: &str| {
+            assert_eq!(c.validate().map_err(|e| e.setting), Err(setting), "{c:?}")
+        };
+        let d = PolicyConfig::default;
+        for n in [1, MAX_ATTEMPTS_LIMIT] {
+            ok(PolicyConfig {
+                max_attempts: n,
+                ..d()
+            });
+        }
+        ok(PolicyConfig {
+            base: ns,
+            cap: ns,
+            ..d()
+        });
+        ok(PolicyConfig {
+            base: DAY,
+            cap: DAY,
+            ..d()
+        });
+        bad(
+            PolicyConfig {
+                base: DAY + ns,
+                cap: DAY + ns,
+                ..d()
+            },
+            "base",
+        );
+        ok(PolicyConfig {
+            cap: d().base,
+            ..d()
+        });
+        bad(
+            PolicyConfig {
+                cap: d().base - ns,
+                ..d()
+            },
+            "cap",
+        );
+        bad(
+            PolicyConfig {
+                cap: DAY + ns,
+                ..d()
+            },
+            "cap",
+        );
+        ok(PolicyConfig {
+            max_retry_after: ns,
+            ..d()
+        });
+        ok(PolicyConfig {
+            max_retry_after: DAY,
+            ..d()
+        });
+        bad(
+            PolicyConfig {
+                max_retry_after: DAY + ns,
+                ..d()
+            },
+            "max_retry_after",
+        );
+        ok(PolicyConfig {
+            deadline: ns,
+            ..d()
+        });
+        ok(PolicyConfig {
+            deadline: DAY,
+            ..d()
+        });
+        bad(
+            PolicyConfig {
+                deadline: DAY + ns,
+                ..d()
+            },
+            "deadline",
+        );
+        ok(PolicyConfig {
+            per_attempt_timeout: Some(ns),
+            ..d()
+        });
+        ok(PolicyConfig {
+            per_attempt_timeout: Some(DAY),
+            ..d()
+        });
+        bad(
+            PolicyConfig {
+                per_attempt_timeout: Some(DAY + ns),
+                ..d()
+            },
+            "per_attempt_timeout",
+        );
+        let b = BudgetConfig::default;
+        for budget in [
+            BudgetConfig { ratio: 0.0, ..b() },
+            BudgetConfig { ratio: 1.0, ..b() },
+            BudgetConfig {
+                ttl: Duration::from_millis(100),
+                ..b()
+            },
+            BudgetConfig {
+                ttl: Duration::from_secs(3600),
+                ..b()
+            },
+            BudgetConfig {
+                min_retries_per_sec: 0.0,
+                ..b()
+            },
+            BudgetConfig {
+                min_retries_per_sec: 1_000_000.0,
+                ..b()
+            },
+        ] {
+            ok(PolicyConfig { budget, ..d() });
+        }
+        for (budget, setting) in [
+            (
+                BudgetConfig {
+                    ttl: Duration::from_millis(100) - ns,
+                    ..b()
+                },
+                "budget_ttl",
+            ),
+            (
+                BudgetConfig {
+                    ttl: Duration::from_secs(3600) + ns,
+                    ..b()
+                },
+                "budget_ttl",
+            ),
+            (
+                BudgetConfig {
+                    min_retries_per_sec: 1_000_000.1,
+                    ..b()
+                },
+                "budget_min_retries_per_sec",
+            ),
+            (
+                BudgetConfig {
+                    ratio: 1.000_001,
+                    ..b()
+                },
+                "budget_ratio",
+            ),
+        ] {
+            bad(PolicyConfig { budget, ..d() }, setting);
+        }
+    }
+
+    #[test]
     fn invalid_settings_name_the_setting_and_range() {
         let cases: Vec<(PolicyConfig, &str)> = vec![
             (

@@ -234,6 +234,25 @@ mod tests {
     }
 
     #[test]
+    fn length_limits_are_exact() {
+        let n32 = "1".repeat(32);
+        assert_eq!(parse_millis(&n32), Some(MAX_HINT), "32 characters are read");
+        assert_eq!(parse_millis(&"1".repeat(33)), None, "33 are not");
+        let go64 = "1s".repeat(32);
+        assert_eq!(parse_go_duration(&go64), Some(Duration::from_secs(32)));
+        let go65 = format!("{}10s", "1s".repeat(31));
+        assert_eq!(parse_go_duration(&go65), None, "65 characters");
+        // units of one duration add up
+        assert_eq!(parse_go_duration("1m1s"), Some(Duration::from_secs(61)));
+        assert_eq!(parse_go_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_go_duration("1500ns"),
+            Some(Duration::from_nanos(1500))
+        );
+        assert_eq!(parse_go_duration("2µs"), Some(Duration::from_micros(2)));
+    }
+
+    #[test]
     fn precedence_and_429_only_reset() {
         let mut h = ResponseHead::status(429);
         h.retry_after = Some("3");

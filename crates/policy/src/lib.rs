@@ -35,6 +35,7 @@ pub mod classify;
 pub mod config;
 pub mod hints;
 mod names;
+pub mod repeatable;
 pub mod resend;
 pub mod sim;
 

@@ -25,6 +25,8 @@ fn full_outage_amplification_stays_within_ratio_plus_floor() {
     let config = SimConfig::default(); // 100 calls/s, 60 s, 100 % 503
     let report = sim::run(&config).expect("valid config");
     assert_eq!(report.calls, 6000);
+    // floor share: (reserve 10 + 1/s × 60 s) / 6000 calls
+    assert!((SimReport::floor_share(&config) - 70.0 / 6000.0).abs() < 1e-12);
     let bound = bound(&config); // 1.1117; without a budget: 3.0
     let amp = report.amplification();
     assert!(amp <= bound, "amplification {amp:.4} > bound {bound:.4}");

@@ -11,7 +11,10 @@ use http::{HeaderValue, header, request::Parts};
 use retrybudget_client::{CHAT_COMPLETIONS, RawRequest};
 use retrybudget_telemetry::{Telemetry, extract_traceparent};
 
+use retrybudget_policy::repeatable;
+
 use crate::ProxyState;
+use crate::access::Refusal;
 use crate::request::{self, BodyError, TRACEPARENT};
 use crate::response::{self, ServerSpan};
 
@@ -62,14 +65,19 @@ async fn proxied(
     let (parts, body) = request.into_parts();
     let caller = extract_traceparent(parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
     let span = ServerSpan::start(state.client().telemetry(), &caller, &parts.method, route);
-    let raw = raw_request(&parts, route, span.context().clone());
+    let raw = raw_request(&state, &parts, route, span.context().clone());
     let response = exchange(&state, raw, &parts, body, validate).await;
     span.finish(response.status());
     response
 }
 
 /// Everything but the body and the body's facts.
-fn raw_request(parts: &Parts, route: &'static str, parent: opentelemetry::Context) -> RawRequest {
+fn raw_request(
+    state: &ProxyState,
+    parts: &Parts,
+    route: &'static str,
+    parent: opentelemetry::Context,
+) -> RawRequest {
     let mut raw = RawRequest::chat(Bytes::new());
     raw.method = parts.method.clone();
     raw.path = parts
@@ -78,9 +86,16 @@ fn raw_request(parts: &Parts, route: &'static str, parent: opentelemetry::Contex
         .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
     raw.url_template = route.to_owned();
     raw.headers = request::forward_headers(&parts.headers);
+    state.config().access.set_credentials(&mut raw.headers);
     raw.parent = parent;
     raw.client_retry_count = request::client_retry_count(&parts.headers);
     raw.deadline = None;
+    let idempotency_key = parts
+        .headers
+        .get(repeatable::IDEMPOTENCY_KEY)
+        .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
+    raw.repeatable =
+        repeatable::is_repeatable(parts.method.as_str(), parts.uri.path(), idempotency_key);
     raw
 }
 
@@ -93,7 +108,15 @@ async fn exchange(
 ) -> Response {
     let client = state.client();
     let max = state.config().max_body;
-    raw.body = match request::read_body(body, &parts.headers, max).await {
+    let within = state.config().limits.body_read_timeout;
+    let read = tokio::time::timeout(within, request::read_body(body, &parts.headers, max)).await;
+    let Ok(read) = read else {
+        client
+            .telemetry()
+            .record_proxy_rejected(Refusal::BodyTimeout.reason());
+        return response::refused(Refusal::BodyTimeout);
+    };
+    raw.body = match read {
         Ok(bytes) => bytes,
         Err(BodyError::TooLarge) => {
             let outcome = client.record_rejected(&raw);
@@ -116,8 +139,7 @@ async fn exchange(
                 return response::invalid_request(&invalid.message, invalid.param, outcome);
             }
         }
-    } else if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&raw.body) {
-        let facts = request::loose_facts(&value);
+    } else if let Some(facts) = request::loose_facts(&raw.body) {
         raw.model = facts.model;
         raw.stream = facts.stream && request::streams_with_done(&raw.url_template);
         raw.max_tokens = facts.max_tokens;

@@ -43,11 +43,15 @@
 //! # }
 //! ```
 
+mod access;
+mod guard;
 mod handler;
+mod listener;
+mod path;
 mod request;
 mod response;
 
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,16 +59,44 @@ use axum::Router;
 use axum::routing::{any, get, post};
 use retrybudget_client::{CHAT_COMPLETIONS, Client};
 use retrybudget_telemetry::Telemetry;
+use tokio::sync::Semaphore;
 
+pub use access::Access;
+pub use listener::Limits;
+
+/// Not API: entry points for the fuzz targets in `fuzz/` (chat validation and path checks stay crate-private).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Local chat-request validation: the model and `stream` flag of a valid body, or the caller's error message.
+    pub fn validate_chat(body: &[u8]) -> Result<(String, bool), String> {
+        crate::request::validate_chat(body)
+            .map(|f| (f.model, f.stream))
+            .map_err(|e| e.message)
+    }
+
+    /// The `/v1/*` path rules (dot segments, encoded separators, bad escapes…), with the refusal's message.
+    pub fn check_path(path: &str) -> Result<(), &'static str> {
+        crate::path::check(path).map_err(|e| e.message())
+    }
+
+    /// The last check: `base` + `path_and_query` must stay under the base's `/v1/`.
+    pub fn check_joined(base: &str, path_and_query: &str) -> Result<(), &'static str> {
+        crate::path::check_joined(base, path_and_query).map_err(|e| e.message())
+    }
+}
 pub use response::{ATTEMPTS_HEADER, OUTCOME_HEADER, STREAM_INTERRUPTED_EVENT};
 
 /// How the proxy treats requests and shutdown.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// Largest request body accepted, in bytes (default 8 MiB); a larger one gets 413 and never leaves.
     pub max_body: usize,
     /// Longest wait for in-flight requests after the shutdown signal (default 10 s).
     pub shutdown_grace: Duration,
+    /// Who may use the proxy (and its key), and how the key is sent.
+    pub access: Access,
+    /// Timeouts and caps of the listener and of request handling.
+    pub limits: Limits,
 }
 
 impl Default for ProxyConfig {
@@ -72,15 +104,19 @@ impl Default for ProxyConfig {
         ProxyConfig {
             max_body: 8 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            access: Access::default(),
+            limits: Limits::default(),
         }
     }
 }
 
-/// What every handler shares: the client (policy, budgets, telemetry) and the settings. Cheap to clone.
+/// What every handler shares: the client (policy, budgets, telemetry), the settings and the in-flight cap.
+/// Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ProxyState {
     client: Client,
     config: Arc<ProxyConfig>,
+    in_flight: Arc<Semaphore>,
 }
 
 // === impl ProxyState ===
@@ -88,9 +124,11 @@ pub struct ProxyState {
 impl ProxyState {
     /// Wraps `client` (whose telemetry also serves `/metrics`).
     pub fn new(client: Client, config: ProxyConfig) -> ProxyState {
+        let in_flight = Arc::new(Semaphore::new(config.limits.max_in_flight.max(1)));
         ProxyState {
             client,
             config: Arc::new(config),
+            in_flight,
         }
     }
 
@@ -101,6 +139,20 @@ impl ProxyState {
 
     pub(crate) fn config(&self) -> &ProxyConfig {
         &self.config
+    }
+
+    pub(crate) fn in_flight(&self) -> &Arc<Semaphore> {
+        &self.in_flight
+    }
+
+    /// The same state, with the listen address among the accepted `Host`s.
+    fn listening_on(self, addr: std::net::SocketAddr) -> ProxyState {
+        let mut config = (*self.config).clone();
+        config.access.listen_addr = Some(addr);
+        ProxyState {
+            config: Arc::new(config),
+            ..self
+        }
     }
 }
 
@@ -113,7 +165,8 @@ pub fn observability<S>(telemetry: Telemetry) -> Router<S> {
         .with_state(telemetry)
 }
 
-/// The proxy's routes, ready for `axum::serve` or for `tower::ServiceExt::oneshot` in tests.
+/// The proxy's routes, ready for `axum::serve` or for `tower::ServiceExt::oneshot` in tests. Every route but
+/// `/healthz` is behind the access checks of [`Access`].
 pub fn app(state: ProxyState) -> Router {
     Router::new()
         .merge(observability(state.client().telemetry().clone()))
@@ -124,12 +177,16 @@ pub fn app(state: ProxyState) -> Router {
         )
         .route("/v1/{*rest}", any(handler::forward))
         .fallback(handler::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .with_state(state)
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes; then stops accepting and lets in-flight requests
-/// finish, but waits at most [`ProxyConfig::shutdown_grace`] after the signal before returning. The caller
-/// flushes telemetry afterwards.
+/// Serves [`app`] on `listener` within [`ProxyConfig::limits`] until `shutdown` completes; then stops
+/// accepting, lets in-flight requests finish, but waits at most [`ProxyConfig::shutdown_grace`] after the
+/// signal before returning. The caller flushes telemetry afterwards.
 ///
 /// Connections still open when the grace period ends are not waited for; they end when the runtime shuts
 /// down.
@@ -138,24 +195,16 @@ pub async fn serve(
     state: ProxyState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let grace = state.config().shutdown_grace;
-    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = signalled.send(());
-    };
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(signal)
-        .into_future();
-    let deadline = async move {
-        match on_signal.await {
-            Ok(()) => tokio::time::sleep(grace).await,
-            // The server ended before any signal: nothing to time out.
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        result = server => result,
-        () = deadline => Ok(()),
-    }
+    let state = state.listening_on(listener.local_addr()?);
+    let config = Arc::clone(&state.config);
+    let telemetry = state.client().telemetry().clone();
+    listener::serve(
+        listener,
+        app(state),
+        config.limits.clone(),
+        telemetry,
+        config.shutdown_grace,
+        shutdown,
+    )
+    .await
 }

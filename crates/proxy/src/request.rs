@@ -7,7 +7,6 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, header};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use serde_json::Value;
 
 /// The caller SDK's own retry count (openai-python, openai-node and other Stainless SDKs send it).
 pub(crate) const STAINLESS_RETRY_COUNT: &str = "x-stainless-retry-count";
@@ -155,6 +154,9 @@ pub(crate) struct Invalid {
 
 /// Checks what can be checked without the upstream: a JSON object, `model` a string, `messages` a non-empty
 /// array. Everything else (unknown fields included) is the upstream's business and passes unchanged.
+///
+/// The body is read through [`View`]: the few fields we need are borrowed from the bytes, everything else
+/// (the messages' content included) is skipped without being built into a tree.
 pub(crate) fn validate_chat(body: &[u8]) -> Result<ChatFacts, Invalid> {
     let invalid = |message: String, param, model| {
         Err(Invalid {
@@ -170,8 +172,15 @@ pub(crate) fn validate_chat(body: &[u8]) -> Result<ChatFacts, Invalid> {
             None,
         );
     }
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
+    let mut view = match serde_json::from_slice::<Top<'_>>(body) {
+        Ok(Top::Object(view)) => view,
+        Ok(Top::Other(kind)) => {
+            return invalid(
+                format!("the request body must be a JSON object, got {kind}"),
+                None,
+                None,
+            );
+        }
         // serde_json's messages may quote the input; only the position is safe to show.
         Err(e) => {
             return invalid(
@@ -185,18 +194,8 @@ pub(crate) fn validate_chat(body: &[u8]) -> Result<ChatFacts, Invalid> {
             );
         }
     };
-    let Value::Object(map) = &value else {
-        return invalid(
-            format!(
-                "the request body must be a JSON object, got {}",
-                json_kind(&value)
-            ),
-            None,
-            None,
-        );
-    };
-    let model = match map.get("model") {
-        Some(Value::String(m)) => m.clone(),
+    let model = match view.model.take() {
+        Some(Seen::Str(m)) => m.into_owned(),
         None => {
             return invalid(
                 "`model` is required and must be a string".into(),
@@ -206,15 +205,15 @@ pub(crate) fn validate_chat(body: &[u8]) -> Result<ChatFacts, Invalid> {
         }
         Some(other) => {
             return invalid(
-                format!("`model` must be a string, got {}", json_kind(other)),
+                format!("`model` must be a string, got {}", other.kind()),
                 Some("model"),
                 None,
             );
         }
     };
-    match map.get("messages") {
-        Some(Value::Array(messages)) if !messages.is_empty() => {}
-        Some(Value::Array(_)) => {
+    match &view.messages {
+        Some(Seen::Array { empty: false }) => {}
+        Some(Seen::Array { empty: true }) => {
             return invalid(
                 "`messages` must be a non-empty array, got an empty array".into(),
                 Some("messages"),
@@ -230,21 +229,17 @@ pub(crate) fn validate_chat(body: &[u8]) -> Result<ChatFacts, Invalid> {
         }
         Some(other) => {
             return invalid(
-                format!(
-                    "`messages` must be a non-empty array, got {}",
-                    json_kind(other)
-                ),
+                format!("`messages` must be a non-empty array, got {}", other.kind()),
                 Some("messages"),
                 Some(model),
             );
         }
     }
-    let facts = loose_facts(&value);
     Ok(ChatFacts {
         model,
-        stream: facts.stream,
-        max_tokens: facts.max_tokens,
-        temperature: facts.temperature,
+        stream: matches!(view.stream, Some(Seen::Bool(true))),
+        max_tokens: view.max_tokens(),
+        temperature: view.temperature.as_ref().and_then(Seen::as_f64),
     })
 }
 
@@ -256,34 +251,212 @@ pub(crate) struct LooseFacts {
     pub(crate) temperature: Option<f64>,
 }
 
-pub(crate) fn loose_facts(value: &Value) -> LooseFacts {
-    LooseFacts {
-        model: value
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        stream: value
-            .get("stream")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        max_tokens: value
-            .get("max_tokens")
-            .or_else(|| value.get("max_completion_tokens"))
-            .or_else(|| value.get("max_output_tokens"))
-            .and_then(Value::as_u64),
-        temperature: value.get("temperature").and_then(Value::as_f64),
+/// Reads [`LooseFacts`] from a body that may be anything (`None` if it is not a JSON object).
+pub(crate) fn loose_facts(body: &[u8]) -> Option<LooseFacts> {
+    let Ok(Top::Object(view)) = serde_json::from_slice::<Top<'_>>(body) else {
+        return None;
+    };
+    Some(LooseFacts {
+        max_tokens: view.max_tokens(),
+        temperature: view.temperature.as_ref().and_then(Seen::as_f64),
+        stream: matches!(view.stream, Some(Seen::Bool(true))),
+        model: match view.model {
+            Some(Seen::Str(m)) => Some(m.into_owned()),
+            _ => None,
+        },
+    })
+}
+
+// === the borrowed view ===
+
+/// A request body: an object (its few interesting fields) or the kind of whatever else it was.
+enum Top<'a> {
+    Object(View<'a>),
+    Other(&'static str),
+}
+
+/// The fields of a request body that validation and telemetry read; a later duplicate key wins, as in most
+/// JSON parsers upstream.
+#[derive(Default)]
+struct View<'a> {
+    model: Option<Seen<'a>>,
+    messages: Option<Seen<'a>>,
+    stream: Option<Seen<'a>>,
+    max_tokens: Option<Seen<'a>>,
+    max_completion_tokens: Option<Seen<'a>>,
+    max_output_tokens: Option<Seen<'a>>,
+    temperature: Option<Seen<'a>>,
+}
+
+impl View<'_> {
+    fn max_tokens(&self) -> Option<u64> {
+        [
+            &self.max_tokens,
+            &self.max_completion_tokens,
+            &self.max_output_tokens,
+        ]
+        .into_iter()
+        .find_map(|f| f.as_ref())
+        .and_then(Seen::as_u64)
     }
 }
 
-/// The JSON type of a value, for error messages that must not quote it.
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// What one JSON value was, keeping only what we need: a string (borrowed when unescaped), a number, a
+/// boolean, or the mere kind of anything else (arrays and objects are skipped, not built).
+enum Seen<'a> {
+    Null,
+    Bool(bool),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Str(std::borrow::Cow<'a, str>),
+    Array { empty: bool },
+    Object,
+}
+
+impl Seen<'_> {
+    /// The JSON type, for error messages that must not quote the value.
+    fn kind(&self) -> &'static str {
+        match self {
+            Seen::Null => "null",
+            Seen::Bool(_) => "a boolean",
+            Seen::U64(_) | Seen::I64(_) | Seen::F64(_) => "a number",
+            Seen::Str(_) => "a string",
+            Seen::Array { .. } => "an array",
+            Seen::Object => "an object",
+        }
+    }
+
+    fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Seen::U64(n) => Some(n),
+            Seen::I64(n) => u64::try_from(n).ok(),
+            _ => None,
+        }
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Seen::U64(n) => Some(n as f64),
+            Seen::I64(n) => Some(n as f64),
+            Seen::F64(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+struct SeenVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SeenVisitor {
+    type Value = Seen<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Seen<'de>, E> {
+        Ok(Seen::Null)
+    }
+    fn visit_none<E>(self) -> Result<Seen<'de>, E> {
+        Ok(Seen::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Seen<'de>, E> {
+        Ok(Seen::Bool(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Seen<'de>, E> {
+        Ok(Seen::U64(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Seen<'de>, E> {
+        Ok(Seen::I64(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Seen<'de>, E> {
+        Ok(Seen::F64(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Seen<'de>, E> {
+        Ok(Seen::Str(std::borrow::Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Seen<'de>, E> {
+        Ok(Seen::Str(std::borrow::Cow::Owned(v.to_owned())))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Seen<'de>, A::Error> {
+        let mut empty = true;
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            empty = false;
+        }
+        Ok(Seen::Array { empty })
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Seen<'de>, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Seen::Object)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Seen<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SeenVisitor)
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TopVisitor {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
+        let mut view = View::default();
+        while let Some(key) = map.next_key::<Seen<'de>>()? {
+            let Seen::Str(key) = key else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            let slot = match key.as_ref() {
+                "model" => &mut view.model,
+                "messages" => &mut view.messages,
+                "stream" => &mut view.stream,
+                "max_tokens" => &mut view.max_tokens,
+                "max_completion_tokens" => &mut view.max_completion_tokens,
+                "max_output_tokens" => &mut view.max_output_tokens,
+                "temperature" => &mut view.temperature,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<Seen<'de>>()?);
+        }
+        Ok(Top::Object(view))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Top<'de>, A::Error> {
+        SeenVisitor.visit_seq(seq).map(|s| Top::Other(s.kind()))
+    }
+    fn visit_unit<E>(self) -> Result<Top<'de>, E> {
+        Ok(Top::Other("null"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Top<'de>, E> {
+        Ok(Top::Other("a boolean"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Top<'de>, E> {
+        Ok(Top::Other("a number"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Top<'de>, E> {
+        Ok(Top::Other("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Top<'de>, E> {
+        Ok(Top::Other("a number"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Top<'de>, E> {
+        Ok(Top::Other("a string"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Top<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopVisitor)
     }
 }
 
@@ -406,6 +579,54 @@ mod tests {
             );
             assert!(!err.message.contains(secret));
         }
+    }
+
+    #[test]
+    fn odd_shapes_are_named_not_quoted() {
+        for (body, expected) in [
+            ("\"sk-canary\"", "got a string"),
+            ("7", "got a number"),
+            ("null", "got null"),
+            ("true", "got a boolean"),
+            (
+                "{\"model\":null,\"messages\":[1]}",
+                "`model` must be a string, got null",
+            ),
+            ("{\"model\":\"m\",\"messages\":true}", "got a boolean"),
+            (
+                "{\"model\":\"m\",\"messages\":[[]]} trailing",
+                "not valid JSON",
+            ),
+        ] {
+            let err = validate_chat(body.as_bytes()).unwrap_err();
+            assert!(err.message.contains(expected), "{body}: {}", err.message);
+            assert!(!err.message.contains("sk-canary"));
+        }
+        // A later duplicate key wins; escaped strings are read correctly.
+        let f = validate_chat(br#"{"model":"a","model":"b\u0041","messages":[{}],"stream":"yes"}"#)
+            .unwrap();
+        assert_eq!(f.model, "bA");
+        assert!(!f.stream, "only a JSON true streams");
+        // Deep nesting inside a skipped value neither overflows the stack nor yields a quoting message.
+        let deep = format!(
+            "{{\"model\":\"m\",\"messages\":[{}1{}]}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        if let Err(e) = validate_chat(deep.as_bytes()) {
+            assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn loose_facts_of_any_body() {
+        let f = loose_facts(br#"{"model":"text-embedding-3-small","input":["x"],"max_output_tokens":7,"temperature":1}"#).unwrap();
+        assert_eq!(f.model.as_deref(), Some("text-embedding-3-small"));
+        assert_eq!(f.max_tokens, Some(7));
+        assert_eq!(f.temperature, Some(1.0));
+        assert!(loose_facts(b"not json").is_none());
+        assert!(loose_facts(b"[1]").is_none());
+        assert!(loose_facts(b"").is_none());
     }
 
     #[test]

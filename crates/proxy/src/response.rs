@@ -7,21 +7,25 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
+use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
-#[cfg(doc)]
-use retrybudget_client::ChatStream;
-use retrybudget_client::{CallError, Exchange, ExchangeBody};
+use retrybudget_client::{CallError, ChatStream, Exchange, ExchangeBody, StreamError};
 use retrybudget_policy::Outcome;
 use retrybudget_telemetry::Telemetry;
+use tokio::sync::mpsc;
+
+use crate::access::Refusal;
+use crate::listener::RETRY_AFTER_SECS;
 use retrybudget_telemetry::names::{
-    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE,
+    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, http_method_label,
 };
 
 /// Response header: attempts the proxy made upstream for this request (0 when it never left).
@@ -34,6 +38,7 @@ pub const STREAM_INTERRUPTED_EVENT: &str = "data: {\"error\":{\"message\":\"upst
 const JSON: &str = "application/json";
 const INVALID_REQUEST: &str = "invalid_request_error";
 const UPSTREAM_ERROR: &str = "upstream_error";
+const OVERLOADED: &str = "overloaded_error";
 
 // === errors of our own ===
 
@@ -86,6 +91,89 @@ pub(crate) fn too_large(max: usize, outcome: Outcome) -> Response {
     )
 }
 
+/// The local answer to a refused request ([`Refusal`]): nothing was sent upstream, so 0 attempts.
+pub(crate) fn refused(refusal: Refusal) -> Response {
+    let (status, message, code) = match refusal {
+        Refusal::Host => (
+            StatusCode::FORBIDDEN,
+            "the Host of this request is not one the retrybudget proxy serves; call it as localhost or 127.0.0.1, \
+             or start it with --allowed-host NAME",
+            "host_not_allowed",
+        ),
+        Refusal::Origin => (
+            StatusCode::FORBIDDEN,
+            "browser requests (with an Origin header) are refused; start the proxy with --allowed-origin ORIGIN \
+             to allow this origin",
+            "origin_not_allowed",
+        ),
+        Refusal::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            "this proxy requires its caller token: send Authorization: Bearer <token> (the value of the variable \
+             named by --caller-token-env)",
+            "invalid_api_key",
+        ),
+        Refusal::ContentType => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the request body must be sent with content-type: application/json",
+            "unsupported_media_type",
+        ),
+        Refusal::Path => (
+            StatusCode::BAD_REQUEST,
+            "the path is not a plain /v1/ path",
+            "invalid_path",
+        ),
+        Refusal::BodyTimeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive within the proxy's body-read timeout; send it faster or raise \
+             --body-read-timeout",
+            "body_timeout",
+        ),
+        Refusal::Overloaded => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the retrybudget proxy has too many requests in flight; retry shortly or raise --max-in-flight",
+            "too_many_requests_in_flight",
+        ),
+    };
+    let kind = if status == StatusCode::SERVICE_UNAVAILABLE {
+        OVERLOADED
+    } else {
+        INVALID_REQUEST
+    };
+    let mut response = error_response(
+        status,
+        message,
+        kind,
+        Some(code),
+        None,
+        0,
+        Outcome::FailedWithoutRetry,
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    if status == StatusCode::REQUEST_TIMEOUT {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// 400 for a path that may not be joined to the upstream; `message` is [`crate::path::PathError::message`].
+pub(crate) fn bad_path(message: &str) -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        message,
+        INVALID_REQUEST,
+        Some("invalid_path"),
+        None,
+        0,
+        Outcome::FailedWithoutRetry,
+    )
+}
+
 /// 400 when the caller's body could not be read (it broke off while sending).
 pub(crate) fn unreadable_body() -> Response {
     error_response(
@@ -122,9 +210,16 @@ pub(crate) fn upstream_failed(error: &CallError) -> Response {
         StatusCode::BAD_GATEWAY
     };
     let code = error.error_type.as_deref();
+    let mut message = error.to_string();
+    if code == Some("invalid_response") {
+        message.push_str(
+            "; the upstream's answer was not usable: larger than the proxy's --max-response-body, or not the \
+             JSON it should be",
+        );
+    }
     error_response(
         status,
-        &error.to_string(),
+        &message,
         UPSTREAM_ERROR,
         code,
         None,
@@ -150,7 +245,20 @@ fn is_relayed(name: &HeaderName) -> bool {
 pub(crate) fn relay(exchange: Exchange) -> Response {
     let body = match exchange.body {
         ExchangeBody::Full(bytes) => Body::from(bytes),
-        ExchangeBody::Stream(stream) => Body::from_stream(SseRelay::new(stream)),
+        ExchangeBody::Stream(stream) => {
+            let is_sse = exchange
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            let chunks = Pumped(pump(stream));
+            if is_sse {
+                Body::from_stream(SseRelay::new(chunks))
+            } else {
+                // Not SSE: an interruption aborts the body (the caller sees a broken transfer, not an event).
+                Body::from_stream(chunks)
+            }
+        }
     };
     let mut response = Response::new(body);
     *response.status_mut() = exchange.status;
@@ -165,6 +273,50 @@ pub(crate) fn relay(exchange: Exchange) -> Response {
 fn mark(headers: &mut HeaderMap, attempts: u32, outcome: Outcome) {
     headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
     headers.insert(OUTCOME_HEADER, HeaderValue::from_static(outcome.as_str()));
+}
+
+/// Chunks of a body passed through, at most this many waiting for a slow reader.
+const PUMP_CHUNKS: usize = 8;
+/// How long the last chunk of an ended stream may wait for a reader that stopped reading.
+const LAST_CHUNK_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads a committed stream on a task of its own, so that its idle limit and deadline hold even when the
+/// caller stops reading: if a chunk cannot be handed on within [`ChatStream::time_left`], the call ends as
+/// a timeout and the upstream connection is dropped. The task ends with the caller too: when the response
+/// body is dropped, the channel closes and the stream is dropped (the client records `cancelled`).
+fn pump(mut stream: Box<ChatStream>) -> mpsc::Receiver<Result<Bytes, StreamError>> {
+    let (tx, rx) = mpsc::channel(PUMP_CHUNKS);
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = tx.closed() => return,
+            };
+            let Some(item) = item else { return };
+            let limit = stream.time_left().unwrap_or(LAST_CHUNK_WAIT);
+            match tokio::time::timeout(limit, tx.send(item)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    stream.time_out();
+                    let _ = tx.try_send(Err(StreamError::Interrupted));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The receiving end of [`pump`] as a stream.
+struct Pumped(mpsc::Receiver<Result<Bytes, StreamError>>);
+
+impl Stream for Pumped {
+    type Item = Result<Bytes, StreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
 }
 
 /// SSE bytes of a committed stream (a [`ChatStream`], however the client hands it over), passed on chunk by
@@ -253,7 +405,7 @@ impl ServerSpan {
         method: &Method,
         route: &'static str,
     ) -> Self {
-        let method = known_method(method);
+        let method = http_method_label(method.as_str());
         let attributes = vec![
             KeyValue::new(HTTP_REQUEST_METHOD, method),
             KeyValue::new(HTTP_ROUTE, route),
@@ -294,22 +446,6 @@ impl Drop for ServerSpan {
         if !self.ended {
             self.cx.span().end();
         }
-    }
-}
-
-/// `http.request.method` must be a known method or `_OTHER` (semconv), to keep cardinality bounded.
-fn known_method(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "_OTHER",
     }
 }
 

@@ -40,7 +40,7 @@ fn request(stream: bool) -> Vec<u8> {
         "{{\"model\":\"fake-model\",\"messages\":[{{\"role\":\"user\",\"content\":\"allocation budget\"}}],\"max_tokens\":16,\"stream\":{stream}}}"
     );
     format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/json\r\n\
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
          authorization: Bearer sk-placeholder\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )

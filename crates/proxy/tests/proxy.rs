@@ -432,6 +432,7 @@ async fn oversized_bodies_get_413_without_an_upstream_call() {
 
     // Without a content-length (read until the limit trips) and with one (refused before reading).
     let declared = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
         .header("content-length", big.len().to_string())
         .body(Body::from(big.clone()))
         .unwrap();
@@ -485,7 +486,7 @@ async fn caller_headers_and_trace_are_forwarded_hop_by_hop_are_not() {
         .header("x-custom-tag", "kept")
         .header("x-stainless-retry-count", "1")
         .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
-        .header("host", "caller.example")
+        .header("host", "localhost:8787")
         .header("connection", "keep-alive, x-hop-secret")
         .header("x-hop-secret", "never forwarded")
         .header("keep-alive", "timeout=5")
@@ -520,7 +521,7 @@ async fn caller_headers_and_trace_are_forwarded_hop_by_hop_are_not() {
     ] {
         assert_eq!(r.header(hop), None, "{hop} must not be forwarded");
     }
-    assert_ne!(r.header("host"), Some("caller.example"));
+    assert_ne!(r.header("host"), Some("localhost:8787"));
     let traceparent = r.header("traceparent").unwrap();
     assert!(
         traceparent.starts_with(&format!("00-{CALLER_TRACE}-")),
@@ -900,8 +901,9 @@ async fn a_caller_that_disconnects_mid_stream_is_recorded_as_cancelled() {
 
 #[tokio::test]
 async fn graceful_shutdown_lets_the_request_in_flight_finish() {
+    const UPSTREAM_DELAY: Duration = Duration::from_millis(500);
     let (upstream, state) = setup().await;
-    upstream.push([Step::ok().delay(Duration::from_millis(500))]);
+    upstream.push([Step::ok().delay(UPSTREAM_DELAY)]);
     let running = start(state).await;
 
     let url = format!("http://{}/v1/chat/completions", running.addr);
@@ -919,26 +921,45 @@ async fn graceful_shutdown_lets_the_request_in_flight_finish() {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        Ok::<_, reqwest::Error>((status, outcome, response.bytes().await?))
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, outcome, body, Instant::now()))
     });
     wait_for("the request to reach the upstream", || {
         upstream.attempts() == 1
     })
     .await;
+    let reached = Instant::now();
+    // The signal arrives while the upstream is still holding the answer back.
+    assert!(!in_flight.is_finished(), "the request is still in flight");
+    let signalled = Instant::now();
     running.stop.send(()).unwrap();
 
-    let (status, outcome, body) = in_flight.await.unwrap().unwrap();
+    let (status, outcome, body, answered) = in_flight.await.unwrap().unwrap();
     assert_eq!(status, 200);
     assert_eq!(outcome, "success");
     assert_eq!(
         serde_json::from_slice::<Value>(&body).unwrap()["object"],
         "chat.completion"
     );
-    tokio::time::timeout(Duration::from_secs(5), running.server)
+    assert!(answered > signalled, "answered after the signal");
+    // The answer came when the upstream released it, not earlier and not much later (CI slack: 3x).
+    let waited = answered - reached;
+    assert!(
+        waited <= UPSTREAM_DELAY * 3,
+        "answered {waited:?} after reaching the upstream (delay {UPSTREAM_DELAY:?})"
+    );
+    tokio::time::timeout(UPSTREAM_DELAY * 3, running.server)
         .await
-        .unwrap()
+        .expect("serve returns once the drained request is done, well within the grace period")
         .unwrap()
         .unwrap();
+    // serve waited for the request: it returned no earlier than the upstream's answer (less the polling slack
+    // of `wait_for`), not at the signal.
+    let stopped = reached.elapsed();
+    assert!(
+        stopped + Duration::from_millis(20) >= UPSTREAM_DELAY,
+        "serve returned {stopped:?} after the request reached the upstream, before its answer"
+    );
     // Stopped accepting: a new connection is refused.
     assert!(tokio::net::TcpStream::connect(running.addr).await.is_err());
     upstream.shutdown().await;
@@ -946,10 +967,11 @@ async fn graceful_shutdown_lets_the_request_in_flight_finish() {
 
 #[tokio::test]
 async fn shutdown_never_waits_longer_than_the_grace_period() {
+    const GRACE: Duration = Duration::from_millis(200);
     let upstream = FakeUpstream::start(any_port()).await.unwrap();
     upstream.set_default(Step::ok().delay(Duration::from_secs(30)));
     let config = ProxyConfig {
-        shutdown_grace: Duration::from_millis(100),
+        shutdown_grace: GRACE,
         ..ProxyConfig::default()
     };
     let state = state_for(
@@ -961,17 +983,37 @@ async fn shutdown_never_waits_longer_than_the_grace_period() {
     let running = start(state).await;
 
     let url = format!("http://{}/v1/chat/completions", running.addr);
-    let stuck = tokio::spawn(async move { http().post(url).body(chat_body(false)).send().await });
+    let stuck = tokio::spawn(async move {
+        http()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(chat_body(false))
+            .send()
+            .await
+    });
     wait_for("the request to reach the upstream", || {
         upstream.attempts() == 1
     })
     .await;
+    assert!(!stuck.is_finished(), "the request is still in flight");
+    let signalled = Instant::now();
     running.stop.send(()).unwrap();
-    let returned = tokio::time::timeout(Duration::from_secs(5), running.server).await;
+    let returned = tokio::time::timeout(GRACE * 10, running.server).await;
+    let took = signalled.elapsed();
     assert!(
         matches!(returned, Ok(Ok(Ok(())))),
         "serve returns after the grace period: {returned:?}"
     );
+    // It waited for the request (the grace period) and no longer than a small factor of it.
+    assert!(
+        took >= GRACE,
+        "returned after {took:?}, before the grace period"
+    );
+    assert!(
+        took <= GRACE * 5,
+        "returned after {took:?}, grace {GRACE:?}"
+    );
+    assert_eq!(upstream.attempts(), 1, "the upstream was asked once");
     stuck.abort();
     upstream.shutdown().await;
 }
@@ -1001,6 +1043,7 @@ async fn the_server_span_continues_the_callers_trace_and_parents_the_call() {
     let request = Request::builder()
         .method(Method::POST)
         .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
         .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
         .body(Body::from(chat_body(false)))
         .unwrap();

@@ -79,6 +79,23 @@ pub fn gen_ai_operation(url_template: &str) -> &'static str {
     }
 }
 
+/// `http.request.method` as semconv wants it: one of the standard methods, else `_OTHER` (a caller choosing
+/// methods must not be able to grow the label set).
+pub fn http_method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
 // === retrybudget.* ===
 
 /// Provider route name, e.g. `cometapi_chat_completions`.
@@ -148,6 +165,10 @@ pub const M_BUDGET_DENIED: &str = "retrybudget.budget.denied";
 pub const M_NESTED_RETRIES: &str = "retrybudget.client.nested_retries";
 /// Telemetry items dropped.
 pub const M_TELEMETRY_DROPPED: &str = "retrybudget.telemetry.dropped";
+/// Requests the proxy refused before anything was sent upstream, by [`RB_REJECT_REASON`].
+pub const M_PROXY_REJECTED: &str = "retrybudget.proxy.rejected";
+/// Why the proxy refused a request: a fixed word such as `host` or `path` (never a value from the request).
+pub const RB_REJECT_REASON: &str = "reason";
 /// Probe result.
 pub const M_PROBE_SUCCESS: &str = "retrybudget.probe.success";
 /// Probe duration (seconds).

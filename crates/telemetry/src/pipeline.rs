@@ -39,6 +39,7 @@ pub(crate) struct Instruments {
     pub(crate) backoff: Histogram<f64>,
     pub(crate) budget_denied: Counter<u64>,
     pub(crate) nested_retries: Counter<u64>,
+    pub(crate) proxy_rejected: Counter<u64>,
     pub(crate) probe_success: Gauge<f64>,
     pub(crate) probe_duration: Histogram<f64>,
 }
@@ -95,6 +96,13 @@ impl Instruments {
                 .u64_counter(M_NESTED_RETRIES)
                 .with_unit("{request}")
                 .with_description("Requests whose caller was itself retrying.")
+                .build(),
+            proxy_rejected: meter
+                .u64_counter(M_PROXY_REJECTED)
+                .with_unit("{request}")
+                .with_description(
+                    "Requests the proxy refused before anything was sent upstream, by reason.",
+                )
                 .build(),
             probe_success: meter
                 .f64_gauge(M_PROBE_SUCCESS)
@@ -332,6 +340,14 @@ impl Telemetry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(gauge);
+    }
+
+    /// Counts a request the proxy refused locally; `reason` is one of a fixed set of words (bounded label).
+    pub fn record_proxy_rejected(&self, reason: &'static str) {
+        self.inner
+            .instruments
+            .proxy_rejected
+            .add(1, &[KeyValue::new(RB_REJECT_REASON, reason)]);
     }
 
     /// Records a probe check's result.

@@ -159,7 +159,7 @@ fn figures(o: &mut String, s: &Summary) {
             format!("{:.3}", (st.last_ms - st.first_ms) as f64 / 1000.0)
         }),
         stretch.map_or_else(|| "—".to_owned(), |st| seconds(st.last_ms - st.first_ms)),
-        "longest budget_exhausted stretch",
+        "longest denial stretch",
         stretch.map_or_else(
             || "no denials".to_owned(),
             |st| {
@@ -222,11 +222,16 @@ fn timeline(o: &mut String, s: &Summary) {
     let t = &s.timeline;
     let _ = writeln!(
         o,
-        "<section class=\"timeline\" data-bucket-ms=\"{}\" data-buckets=\"{}\"><h2>Timeline <span class=\"muted\">{} buckets of {} · UTC · one shared time axis</span></h2>",
+        "<section class=\"timeline\" data-bucket-ms=\"{}\" data-buckets=\"{}\"><h2>Timeline <span class=\"muted\">{} buckets of {} · UTC · one shared time axis{}</span></h2>",
         t.width_ms,
         t.buckets.len(),
         t.buckets.len(),
-        esc(&seconds(t.width_ms))
+        esc(&seconds(t.width_ms)),
+        if t.longest_denial_stretch.is_some() {
+            " · <i class=\"band\"></i>longest budget_exhausted stretch"
+        } else {
+            ""
+        }
     );
     let axis = Axis { t };
     let stretch = t.longest_denial_stretch;
@@ -350,7 +355,7 @@ fn timeline(o: &mut String, s: &Summary) {
     panel_head(
         o,
         "Shared budget balance",
-        "per scope (provider route), at the last record of each bucket; 0 means retries are refused",
+        "per budget scope (provider route · model), at the last record of each bucket; near 0, retries are refused",
         &scope_colors,
     );
     let max = t
@@ -650,7 +655,7 @@ fn calls(o: &mut String, s: &Summary, view: &View) {
             o.push_str("<p class=\"note\">none in this file</p></div>");
             continue;
         }
-        o.push_str("<table><tr><th>trace</th><th>outcome</th><th>attempts</th><th>elapsed</th><th>ended (UTC)</th></tr>");
+        o.push_str("<table><tr><th>trace</th><th>outcome</th><th>attempts</th><th>elapsed</th><th>ended</th></tr>");
         for r in rows {
             call_row(o, r, view);
         }
@@ -661,7 +666,7 @@ fn calls(o: &mut String, s: &Summary, view: &View) {
 
 fn call_row(o: &mut String, r: &CallRow, view: &View) {
     let id = esc(&r.trace_id);
-    let short = esc(r.trace_id.get(..12).unwrap_or(&r.trace_id));
+    let short = esc(r.trace_id.get(..10).unwrap_or(&r.trace_id));
     let trace = match view.trace_link(&r.trace_id) {
         Some(url) => format!(
             "<a class=\"trace\" href=\"{}\" title=\"{id}\">{short}…</a>",
@@ -775,12 +780,13 @@ svg text{font-size:11px;fill:var(--muted);font-family:inherit}
 .yl{text-anchor:end}.xl{text-anchor:start}
 .grid{stroke:#eaeef2}.axis{stroke:#8c959f}.tick{stroke:#8c959f}
 .stretch{fill:#d62728;opacity:.08}
+.band{display:inline-block;width:18px;height:10px;margin:0 5px 0 2px;background:rgba(214,39,40,.15);vertical-align:-1px}
 .warn{color:var(--warn)}
-.grid2{display:grid;grid-template-columns:1fr 1fr;gap:14px}
+.grid2{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:14px}
 .card{border:1px solid var(--line);border-radius:8px;padding:10px 12px}
 table{border-collapse:collapse;width:100%;margin-top:6px;font-size:12px}
-th{text-align:left;color:var(--muted);font-weight:600;border-bottom:1px solid var(--line);padding:3px 6px}
-td{border-bottom:1px solid #eaeef2;padding:3px 6px;white-space:nowrap}
+th{text-align:left;color:var(--muted);font-weight:600;border-bottom:1px solid var(--line);padding:3px 6px;white-space:nowrap}
+td{border-bottom:1px solid #eaeef2;padding:3px 5px;white-space:nowrap}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 a.trace{color:#0969da;text-decoration:none;font:12px ui-monospace,Menlo,Consolas,"DejaVu Sans Mono",monospace}
 footer{margin-top:28px;color:var(--muted);font-size:12px;border-top:1px solid var(--line);padding-top:10px}

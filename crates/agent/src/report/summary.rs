@@ -23,7 +23,7 @@ pub(crate) const MAX_IN_FLIGHT: usize = 100_000;
 pub(crate) const MAX_NAMES: usize = 64;
 /// Distinct names a timeline panel shows; the rest are drawn as [`OTHER`].
 pub(crate) const MAX_SERIES: usize = 8;
-/// Routes (budget scopes) whose balance the timeline draws.
+/// Budget scopes (`route · model`) whose balance the timeline draws.
 pub(crate) const MAX_SCOPES: usize = 6;
 /// Malformed line numbers kept (all are counted).
 pub(crate) const MAX_MALFORMED_KEPT: usize = 100;
@@ -227,7 +227,7 @@ pub(crate) struct Bucket {
     pub(crate) hinted: u64,
     /// The longest such delay, ms.
     pub(crate) hint_max_ms: u64,
-    /// Per route: the balance of the latest record in the bucket (its timestamp, the balance).
+    /// Per scope (`route · model`): the balance of the latest record in the bucket (its timestamp, the balance).
     pub(crate) balance: BTreeMap<String, (i64, f64)>,
 }
 
@@ -563,14 +563,13 @@ impl SecondPass {
             b.hinted += 1;
             b.hint_max_ms = b.hint_max_ms.max(r.backoff_applied_ms);
         }
-        self.scope_attempts.add(&r.provider_route, 1);
-        // Only routes already drawn or still room for: the balance map stays bounded per bucket.
-        let known = b.balance.contains_key(r.provider_route.as_ref());
+        // A budget's scope is the upstream and the model; the record names them as route and model.
+        let scope = format!("{} · {}", r.provider_route, r.model);
+        self.scope_attempts.add(&scope, 1);
+        // Only scopes already drawn or still room for: the balance map stays bounded per bucket.
+        let known = b.balance.contains_key(&scope);
         if known || b.balance.len() < MAX_NAMES {
-            let e = b
-                .balance
-                .entry(r.provider_route.to_string())
-                .or_insert((i64::MIN, 0.0));
+            let e = b.balance.entry(scope).or_insert((i64::MIN, 0.0));
             if ts >= e.0 {
                 *e = (ts, r.shared_budget_balance);
             }

@@ -1,0 +1,166 @@
+"""The harness of the security suite: a real `retrybudget proxy` process (holding a provider key) in front of a real
+`retrybudget fake-upstream` process, started with whatever flags a test needs."""
+import http.server
+import json
+import os
+import resource
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+
+import pytest
+
+PROVIDER_KEY = "sk-provider-canary-5b1e0c"
+CALLER_TOKEN = "caller-token-canary-9d2f41aa"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def binary() -> str:
+    path = os.environ.get("RETRYBUDGET_BIN", "")
+    if not path or not os.path.exists(path):
+        raise RuntimeError("set RETRYBUDGET_BIN to the built `retrybudget` binary (make test does)")
+    return path
+
+
+def raise_open_files_limit() -> None:
+    """1000 slow connections need ~2000 descriptors across this process and the proxy (which inherits it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+class Proc:
+    def __init__(self, args, log_dir, name, env=None):
+        self.out_path = os.path.join(log_dir, f"{name}.out")
+        self.err_path = os.path.join(log_dir, f"{name}.err")
+        self.out = open(self.out_path, "wb")
+        self.err = open(self.err_path, "wb")
+        self.p = subprocess.Popen(args, stdout=self.out, stderr=self.err, stdin=subprocess.DEVNULL, env=env)
+
+    def logs(self) -> str:
+        self.out.flush()
+        self.err.flush()
+        return open(self.out_path, errors="replace").read() + open(self.err_path, errors="replace").read()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.out.close()
+        self.err.close()
+
+
+class Capture(http.server.ThreadingHTTPServer):
+    """A bare upstream that records the headers it receives (to see which credential the proxy sent)."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.seen = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                outer.seen.append({k.lower(): v for k, v in self.headers.items()} | {":path": self.path})
+                body = json.dumps({"id": "x", "object": "chat.completion", "model": "m", "choices": []}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Stack:
+    """One fake upstream and one proxy; `start_proxy` may be called again with other flags."""
+
+    def __init__(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.up_port = free_port()
+        self.upstream_url = f"http://127.0.0.1:{self.up_port}"
+        self.upstream = Proc([binary(), "fake-upstream", "--listen", f"127.0.0.1:{self.up_port}"], self.tmp.name,
+                             "upstream")
+        wait_http(f"{self.upstream_url}/_control/health")
+        self.proxy = None
+        self.port = None
+
+    def start_proxy(self, *flags, upstream=None, key=True, token=False, wait=True, listen="127.0.0.1"):
+        if self.proxy is not None:
+            self.proxy.stop()
+        env = dict(os.environ)
+        env["SEC_PROVIDER_KEY"] = PROVIDER_KEY
+        env["SEC_CALLER_TOKEN"] = CALLER_TOKEN
+        args = [binary(), "proxy", "--listen", f"{listen}:{free_port()}", "--upstream",
+                upstream or self.upstream_url, "--deadline", "20s"]
+        if key:
+            args += ["--api-key-env", "SEC_PROVIDER_KEY"]
+        if token:
+            args += ["--caller-token-env", "SEC_CALLER_TOKEN"]
+        args += list(flags)
+        self.port = int(args[3].rsplit(":", 1)[1])
+        self.proxy = Proc(args, self.tmp.name, f"proxy-{time.monotonic_ns()}", env=env)
+        if wait:
+            wait_http(f"http://127.0.0.1:{self.port}/healthz")
+        return self.proxy
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def control(self, method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.upstream_url + path, data=data, method=method,
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read() or b"{}")
+
+    def upstream_count(self) -> int:
+        return self.control("GET", "/_control/count")["count"]
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.base + "/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def close(self):
+        if self.proxy is not None:
+            self.proxy.stop()
+        self.upstream.stop()
+        self.tmp.cleanup()
