@@ -81,6 +81,8 @@ export RETRYBUDGET_BIN
 log "python: the official openai SDK through a running retrybudget proxy"
 $PY -m pytest -q -p no:cacheprovider tests/sdk
 
+log "python: callers retrying on top of the proxy (hand-written loop, openai SDK)"
+$PY -m pytest -q -p no:cacheprovider tests/caller
 log "python: security suite against a running proxy holding a key (SECURITY.md maps each test to its threat)"
 $PY -m pytest -q -p no:cacheprovider tests/security
 

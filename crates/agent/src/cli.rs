@@ -111,6 +111,17 @@ pub struct ProxyArgs {
     /// Largest request body accepted, in bytes or with a unit (8MiB, 512KiB) [default: 8MiB]
     #[arg(long, env = "RETRYBUDGET_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: Option<u64>,
+    /// Callers' own retries (the same request re-sent after a failure, an SDK retry header, a reused
+    /// Idempotency-Key): budget = count them and make them pay from the shared retry budget (429 with
+    /// retry-after when it is empty), detect = only count them, off = remember nothing [default: budget]
+    #[arg(long, env = "RETRYBUDGET_CALLER_RETRIES", value_name = "MODE", value_parser = parse_caller_retries)]
+    pub caller_retries: Option<retrybudget_proxy::CallerRetries>,
+    /// How long after a failure the same request from the same caller counts as its retry (1s to 1h) [default: 60s]
+    #[arg(long, env = "RETRYBUDGET_CALLER_RETRY_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
+    pub caller_retry_window: Option<Duration>,
+    /// Most recent requests remembered to recognise caller retries (16 to 10000000; ~100 bytes each) [default: 10000]
+    #[arg(long, env = "RETRYBUDGET_CALLER_RETRY_CAPACITY", value_name = "N")]
+    pub caller_retry_capacity: Option<u64>,
     /// Largest upstream answer buffered whole (errors, chat completions); a larger one fails as
     /// invalid_response. Streams and other successful answers pass through unbuffered (1KiB to 1GiB)
     /// [default: 32MiB]
@@ -271,6 +282,16 @@ pub struct ReportArgs {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("{e}; expected a duration such as 500ms, 30s or 5m"))
+}
+
+/// Parses `--caller-retries` (`budget`, `detect`, `off`).
+pub fn parse_caller_retries(text: &str) -> Result<retrybudget_proxy::CallerRetries, String> {
+    retrybudget_proxy::CallerRetries::parse(text).ok_or_else(|| {
+        format!(
+            "{text:?} is not a caller-retries mode; expected one of {}",
+            retrybudget_proxy::CallerRetries::NAMES.join(", ")
+        )
+    })
 }
 
 /// Parses a byte size: a plain number of bytes or a number with a unit (`KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`).

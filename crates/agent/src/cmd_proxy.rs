@@ -8,11 +8,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::ArgMatches;
 use retrybudget_client::{Client, ClientConfig, ClientError};
-use retrybudget_proxy::{Access, Limits, ProxyConfig, ProxyState};
+use retrybudget_proxy::{Access, CallerConfig, Limits, ProxyConfig, ProxyState};
 use retrybudget_telemetry::EvidenceRotation;
 use serde::Deserialize;
 
@@ -22,8 +23,8 @@ use crate::common::{
     shutdown_telemetry,
 };
 use crate::config::{
-    FileSize, Layers, RetryFile, check_range, check_writable_parent, file_addr, file_size,
-    load_file, policy_config, printable_url, usage,
+    FileSize, Layers, RetryFile, check_range, check_writable_parent, file_addr, file_duration,
+    file_size, load_file, policy_config, printable_url, usage,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +51,9 @@ struct ProxyFile {
     #[serde(default)]
     allowed_origin: Vec<String>,
     max_body: Option<FileSize>,
+    caller_retries: Option<String>,
+    caller_retry_window: Option<String>,
+    caller_retry_capacity: Option<u64>,
     max_response_body: Option<FileSize>,
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
@@ -59,6 +63,7 @@ struct ProxyFile {
 }
 
 const DEFAULT_MAX_BODY: u64 = 8 << 20;
+const MAX_CALLER_RETRY_CAPACITY: u64 = 10_000_000;
 const DEFAULT_EVIDENCE_MAX_SIZE: u64 = 100 << 20;
 const DEFAULT_EVIDENCE_KEEP: u32 = 5;
 
@@ -109,6 +114,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<ExitCode> {
     let layers = Layers::new(matches, config);
     let file: ProxyFile = load_file(config)?;
+    let caller = caller_config(&layers, args, &file, config)?;
     let listen = layers.pick_or(
         "listen",
         args.listen,
@@ -248,6 +254,7 @@ pub(crate) async fn run(
         client,
         ProxyConfig {
             max_body: usize::try_from(max_body.value).unwrap_or(usize::MAX),
+            caller,
             access,
             limits,
             ..ProxyConfig::default()
@@ -258,12 +265,13 @@ pub(crate) async fn run(
         .with_context(|| format!("cannot listen on {}: is the port in use?", listen.value))?;
     let addr = listener.local_addr()?;
     println!(
-        "retrybudget proxy listening on http://{addr} -> upstream {}; metrics at http://{addr}/metrics; {}; evidence file {}; API key {}",
+        "retrybudget proxy listening on http://{addr} -> upstream {}; metrics at http://{addr}/metrics; {}; evidence file {}; caller retries {}; API key {}",
         printable_url(&upstream.value),
         otlp_summary(),
         evidence
             .as_ref()
             .map_or_else(|| "off".to_owned(), |e| e.value.display().to_string()),
+        caller.mode.as_str(),
         match (has_key, has_token) {
             (true, true) => "injected for callers presenting the caller token",
             (true, false) => "injected into every request",
@@ -287,6 +295,67 @@ pub(crate) async fn run(
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--caller-retries`, `--caller-retry-window` and `--caller-retry-capacity`, merged and range-checked.
+fn caller_config(
+    layers: &Layers<'_>,
+    args: &ProxyArgs,
+    file: &ProxyFile,
+    config: Option<&Path>,
+) -> anyhow::Result<CallerConfig> {
+    let defaults = CallerConfig::default();
+    let file_mode = file
+        .caller_retries
+        .as_deref()
+        .map(|v| {
+            crate::cli::parse_caller_retries(v)
+                .map_err(|e| usage(format!("{e} (config key `caller_retries`)")))
+        })
+        .transpose()?;
+    let mode = layers.pick_or(
+        "caller_retries",
+        args.caller_retries,
+        file_mode,
+        defaults.mode,
+    );
+    let window = layers.pick_or(
+        "caller_retry_window",
+        args.caller_retry_window,
+        file_duration(
+            config,
+            "caller_retry_window",
+            file.caller_retry_window.clone(),
+        )?,
+        defaults.window,
+    );
+    check_range(
+        layers,
+        "caller_retry_window",
+        &window,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        "a duration from 1s to 1h",
+    )?;
+    let capacity = layers.pick_or(
+        "caller_retry_capacity",
+        args.caller_retry_capacity,
+        file.caller_retry_capacity,
+        defaults.capacity as u64,
+    );
+    check_range(
+        layers,
+        "caller_retry_capacity",
+        &capacity,
+        16,
+        MAX_CALLER_RETRY_CAPACITY,
+        "a number from 16 to 10000000",
+    )?;
+    Ok(CallerConfig {
+        mode: mode.value,
+        window: window.value,
+        capacity: usize::try_from(capacity.value).unwrap_or(usize::MAX),
+    })
 }
 
 /// The access settings as the config file may give them (moved out of [`ProxyFile`] before the key is read).

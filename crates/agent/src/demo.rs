@@ -3,7 +3,11 @@
 //!
 //! Phases over `--duration`: healthy traffic; transient 503s (20 % of requests); 429s with `retry-after: 1`;
 //! a full outage (every request 503 for a quarter of the run) that exhausts the shared retry budget (default
-//! ratio 0.1, floor 1/s, so denials must happen); and recovery with fatal 400/401 answers mixed in.
+//! ratio 0.1, floor 1/s, so denials must happen); and recovery with fatal 400/401 answers mixed in. During the
+//! outage every fourth call comes from a hand-written caller loop that re-sends its failed request once: the
+//! proxy recognises the re-send (nested retries, source `fingerprint`) and makes it pay from the budget, and
+//! the table shows the provider-side amplification (upstream attempts per distinct request) beside the per-call
+//! one.
 //!
 //! The demo counts only what the proxy *told the caller* (`x-retrybudget-outcome`, `x-retrybudget-attempts`),
 //! never what it knows internally, so `retrybudget report` over the evidence file can be checked against it.
@@ -51,8 +55,16 @@ pub(crate) const DEFAULT_EVIDENCE: &str = "./retrybudget-demo-evidence.jsonl";
 const MAX_IN_FLIGHT: usize = 512;
 /// Longest wait for in-flight calls after the mix.
 const DRAIN: Duration = Duration::from_secs(60);
-/// The only request body the demo sends: a fixed placeholder, never user content.
-const BODY: &str = r#"{"model":"fake-model","messages":[{"role":"user","content":"placeholder prompt (retrybudget demo)"}],"max_tokens":16}"#;
+/// The request body of the demo's `n`-th call: a fixed placeholder numbered per call (distinct requests, as
+/// from distinct users), never user content.
+fn body(n: u64) -> String {
+    format!(
+        r#"{{"model":"fake-model","messages":[{{"role":"user","content":"placeholder prompt {n} (retrybudget demo)"}}],"max_tokens":16}}"#
+    )
+}
+/// During the outage, every this-many-th call comes from a hand-written caller loop that re-sends its request
+/// once after a failure (no SDK header): the proxy recognises it by fingerprint (nested retries).
+const RESEND_EVERY: u64 = 4;
 
 /// The scripted phases, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,11 +144,19 @@ struct Tally {
     attempts: u64,
     transport_errors: u64,
     not_sent: u64,
+    /// Calls that were a caller loop's re-send of an earlier call (counted in `calls` too).
+    resends: u64,
 }
 
 impl Tally {
     fn amplification(&self) -> Option<f64> {
         (self.calls > 0).then(|| self.attempts as f64 / self.calls as f64)
+    }
+
+    /// What the provider saw: upstream attempts per distinct request (re-sends are not new requests).
+    fn provider_amplification(&self) -> Option<f64> {
+        let distinct = self.calls.saturating_sub(self.resends);
+        (distinct > 0).then(|| self.attempts as f64 / distinct as f64)
     }
 
     fn denials(&self) -> u64 {
@@ -321,6 +341,8 @@ pub(crate) async fn run(
             "calls_by_outcome": t.by_outcome,
             "attempts": t.attempts,
             "amplification": t.amplification().map(|a| (a * 100.0).round() / 100.0),
+            "provider_amplification": t.provider_amplification().map(|a| (a * 100.0).round() / 100.0),
+            "caller_resends": t.resends,
             "budget_denials": t.denials(),
             "transport_errors": t.transport_errors,
             "not_sent": t.not_sent,
@@ -391,7 +413,7 @@ async fn drive(
     let signal = shutdown_signal();
     tokio::pin!(signal);
     let mut interrupted = false;
-    for _ in 0..total {
+    for n in 0..total {
         tokio::select! {
             _ = ticker.tick() => {}
             () = &mut signal => { interrupted = true; break; }
@@ -413,16 +435,32 @@ async fn drive(
             continue;
         };
         let (http, url, tally) = (http.clone(), url.clone(), Arc::clone(tally));
+        let resends = u32::from(current == Phase::Outage && in_phase % RESEND_EVERY == 1);
         calls.spawn(async move {
-            let result = call_once(&http, &url).await;
-            let mut t = tally.lock().unwrap_or_else(PoisonError::into_inner);
-            match result {
-                Some((outcome, attempts)) => {
-                    t.calls += 1;
-                    t.attempts += attempts;
-                    *t.by_outcome.entry(outcome).or_default() += 1;
+            let body = body(n);
+            for send in 0..=resends {
+                let result = call_once(&http, &url, &body).await;
+                let again = {
+                    let mut t = tally.lock().unwrap_or_else(PoisonError::into_inner);
+                    match result {
+                        Some((outcome, attempts, ok)) => {
+                            t.calls += 1;
+                            t.attempts += attempts;
+                            t.resends += u64::from(send > 0);
+                            *t.by_outcome.entry(outcome).or_default() += 1;
+                            !ok
+                        }
+                        None => {
+                            t.transport_errors += 1;
+                            false
+                        }
+                    }
+                };
+                if !again {
+                    break;
                 }
-                None => t.transport_errors += 1,
+                // The caller's own loop: a short pause, then the same request again.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             drop(permit);
         });
@@ -436,15 +474,17 @@ async fn drive(
     Ok(interrupted)
 }
 
-/// One call through the proxy: the outcome and attempts it reported, or `None` without a usable answer.
-async fn call_once(http: &reqwest::Client, url: &str) -> Option<(String, u64)> {
+/// One call through the proxy: the outcome and attempts it reported and whether it succeeded (2xx), or `None`
+/// without a usable answer.
+async fn call_once(http: &reqwest::Client, url: &str, body: &str) -> Option<(String, u64, bool)> {
     let response = http
         .post(url)
         .header("content-type", "application/json")
-        .body(BODY)
+        .body(body.to_owned())
         .send()
         .await
         .ok()?;
+    let ok = response.status().is_success();
     let header = |name: &str| {
         response
             .headers()
@@ -458,7 +498,7 @@ async fn call_once(http: &reqwest::Client, url: &str) -> Option<(String, u64)> {
         .unwrap_or(0);
     // Read the body so the connection can be reused; its content is not looked at.
     let _ = response.bytes().await;
-    Some((outcome, attempts))
+    Some((outcome, attempts, ok))
 }
 
 async fn progress_loop(
@@ -524,6 +564,13 @@ fn final_table(
             "amplification={a:.2} (attempts per call; SDK defaults would allow 3.00)\n"
         )),
         None => s.push_str("amplification=n/a (no calls completed)\n"),
+    }
+    match t.provider_amplification() {
+        Some(a) => s.push_str(&format!(
+            "provider_amplification={a:.2} (upstream attempts per distinct request; {} of the calls were a caller loop re-sending a failed request, recognised as nested retries)\n",
+            t.resends
+        )),
+        None => s.push_str("provider_amplification=n/a (no calls completed)\n"),
     }
     s.push_str(&format!(
         "budget denials: {} (retries the shared budget refused: outcome budget_exhausted)\n",

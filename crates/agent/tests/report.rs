@@ -49,8 +49,17 @@ fn report_matches_the_demo_table() {
         "demo {demo}\nreport {report}"
     );
     assert_eq!(report["calls"], demo["calls"]);
-    assert_eq!(report["attempts"], demo["attempts"]);
+    // The demo adds up x-retrybudget-attempts: upstream attempts (a refused caller re-send says 0).
+    assert_eq!(report["upstream_attempts"], demo["attempts"]);
     assert_eq!(report["amplification"], demo["amplification"]);
+    assert_eq!(
+        report["provider_amplification"], demo["provider_amplification"],
+        "demo {demo}\nreport {report}"
+    );
+    assert_eq!(
+        report["caller_retries"]["fingerprint"],
+        demo["caller_resends"]
+    );
     assert_eq!(
         report["budget_exhausted"]["denials"],
         demo["budget_denials"]

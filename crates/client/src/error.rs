@@ -17,6 +17,9 @@ pub struct CallError {
     pub last_status: Option<u16>,
     /// `error.type` of the last attempt.
     pub error_type: Option<String>,
+    /// When no attempt was made because the shared budget could not pay for a caller's re-send: seconds until
+    /// it can pay again (the budget's refill time, at least 1), for a `retry-after`.
+    pub retry_after_secs: Option<u64>,
 }
 
 fn advice(outcome: Outcome, error_type: Option<&str>) -> &'static str {

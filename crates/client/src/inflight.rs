@@ -7,11 +7,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
-use retrybudget_policy::{AttemptResult, Call, Decision};
+use retrybudget_policy::{AttemptResult, BudgetDenied, Call, Decision};
 use retrybudget_telemetry::labels::model_for_span;
 use retrybudget_telemetry::names::*;
 use retrybudget_telemetry::redact::redact_url;
-use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
+use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, CallerRetry, ResponseFacts};
 
 use crate::Client;
 
@@ -25,6 +25,11 @@ pub(crate) struct Inflight {
     url_full: Option<String>,
     backoff_before: Option<(Duration, &'static str)>,
     client_retry_count: Option<u32>,
+    caller_retry: Option<CallerRetry>,
+    /// A caller's re-send the shared budget refused: answered without any upstream attempt.
+    unpaid: Option<Box<BudgetDenied>>,
+    /// The refusal was recorded: the call made no upstream attempt.
+    refused: bool,
     pub(crate) facts: ResponseFacts,
     pub(crate) last_status: Option<u16>,
     max_attempts: u32,
@@ -54,14 +59,15 @@ impl Inflight {
                 inner
                     .redacted_base
                     .as_deref()
-                    .unwrap_or(&inner.server_address),
-                model
-            ),
+                    .unwrap_or(inner.server_address.as_str()),
+                model.as_str()
+            )
+            .into(),
             operation: gen_ai_operation(&request.url_template),
             model,
             server_address: inner.server_address.clone(),
             server_port: inner.server_port,
-            url_template: request.url_template.clone().into(),
+            url_template: CallLabels::shared(request.url_template.as_str()),
             method: http_method_label(request.method.as_str()).into(),
         };
         let mut attrs = vec![
@@ -90,15 +96,31 @@ impl Inflight {
         let call_cx = inner
             .telemetry
             .start_span(&request.parent, name, SpanKind::Client, attrs);
-        let call = if local {
-            policy.start_local_call(client.now(), client.next_seed())
-        } else {
-            policy.start_call(
-                &labels.scope,
+        let mut unpaid = None;
+        let call = match request.caller_retry {
+            _ if local => policy.start_local_call(client.now(), client.next_seed()),
+            // A caller's re-send pays like a retry; refused, it is recorded on a call that touches no budget.
+            Some(retry) if request.caller_retry_pays => {
+                match policy.start_caller_retry(
+                    labels.scope.as_str(),
+                    client.now(),
+                    request.deadline,
+                    client.next_seed(),
+                    retry.prior_attempts,
+                ) {
+                    Ok(call) => call,
+                    Err(refusal) => {
+                        unpaid = Some(refusal);
+                        policy.start_local_call(client.now(), client.next_seed())
+                    }
+                }
+            }
+            _ => policy.start_call(
+                labels.scope.as_str(),
                 client.now(),
                 request.deadline,
                 client.next_seed(),
-            )
+            ),
         };
         Inflight {
             client: client.clone(),
@@ -118,11 +140,26 @@ impl Inflight {
             started: Instant::now(),
             backoff_before: None,
             client_retry_count: request.client_retry_count,
+            caller_retry: request.caller_retry,
+            unpaid,
+            refused: false,
             facts: ResponseFacts::default(),
             last_status: None,
             max_attempts,
             done: false,
         }
+    }
+
+    /// If the shared budget refused to pay for this caller's re-send: records the refusal (one attempt record
+    /// with no status and no `error.type`, decision `stop_budget_exhausted`, outcome `budget_exhausted`) and
+    /// returns the `retry-after` in seconds. Nothing may be sent upstream then.
+    pub(crate) fn refuse_unpaid_resend(&mut self) -> Option<u64> {
+        let refusal = self.unpaid.take()?;
+        self.refused = true;
+        self.begin_attempt();
+        self.emit_attempt(&refusal.decision, None, None);
+        self.emit_call(&refusal.decision);
+        Some(refusal.retry_after_secs())
     }
 
     pub(crate) fn attempt_index(&self) -> u32 {
@@ -203,6 +240,7 @@ impl Inflight {
             elapsed: d.elapsed,
             terminal,
             protocol_version,
+            caller_retry: self.caller_retry,
         }
         .emit(&self.client.inner.telemetry, &cx);
     }
@@ -217,7 +255,7 @@ impl Inflight {
             outcome: outcome.as_str(),
             failed: outcome.is_failure(),
             stop_reason: d.kind.stop_reason(),
-            attempts: d.attempt + 1,
+            attempts: if self.refused { 0 } else { d.attempt + 1 },
             max_attempts: self.max_attempts,
             budget_balance: d.budget_balance,
             backoff_total,
@@ -228,6 +266,7 @@ impl Inflight {
                 None
             },
             client_retry_count: self.client_retry_count,
+            caller_retry: self.caller_retry,
             response: has_facts.then_some(&self.facts),
         }
         .emit(&self.client.inner.telemetry, &self.call_cx);

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use opentelemetry::StringValue;
 use retrybudget_policy::{
     AttemptResult, FailureKind, Outcome, Policy, PolicyConfig, ResponseHead, peek_error_body,
 };
-use retrybudget_telemetry::{ModelLabels, ResponseFacts, Telemetry};
+use retrybudget_telemetry::{CallLabels, CallerRetry, ModelLabels, ResponseFacts, Telemetry};
 use secrecy::{ExposeSecret as _, SecretString};
 
 pub use error::{CallError, ChatError, ClientError};
@@ -103,6 +104,14 @@ pub struct RawRequest {
     pub parent: opentelemetry::Context,
     /// The caller's own retry count (`x-stainless-retry-count`), if sent.
     pub client_retry_count: Option<u32>,
+    /// Set when this request is its caller's re-send of an earlier one (proxy mode): counted in
+    /// `retrybudget.client.nested_retries` and recorded on the logical span and in the evidence.
+    pub caller_retry: Option<CallerRetry>,
+    /// With a `caller_retry`: its first attempt withdraws from the shared budget like a retry (instead of
+    /// depositing like new traffic) and its allowance counts the caller's earlier attempts; when the budget
+    /// cannot pay, [`Client::send`] makes no attempt and returns a `budget_exhausted` [`CallError`] with a
+    /// `retry_after_secs`.
+    pub caller_retry_pays: bool,
     /// The caller's deadline, if shorter than the configured one.
     pub deadline: Option<Duration>,
     /// Whether the request may be sent more than once (see `retrybudget_policy::repeatable`); when false the
@@ -125,6 +134,8 @@ impl RawRequest {
             temperature: None,
             parent: opentelemetry::Context::new(),
             client_retry_count: None,
+            caller_retry: None,
+            caller_retry_pays: false,
             deadline: None,
             repeatable: true,
         }
@@ -171,10 +182,11 @@ struct Inner {
     base: String,
     /// `base` as `url.full` may show it (see `redact_url`), without a trailing slash.
     redacted_base: Option<String>,
-    server_address: String,
+    /// Label values below are shared buffers (see `CallLabels`): built once per client, cloned per call for free.
+    server_address: StringValue,
     server_port: u16,
-    provider: String,
-    route: String,
+    provider: StringValue,
+    route: StringValue,
     api_key: Option<SecretString>,
     max_response_body: usize,
     /// The route's bounded model labels (metric labels and budget scopes).
@@ -238,10 +250,10 @@ impl Client {
                 redacted_base: retrybudget_telemetry::redact::redact_url(&base)
                     .map(|b| b.trim_end_matches('/').to_owned()),
                 base,
-                server_address,
+                server_address: CallLabels::shared(server_address),
                 server_port,
-                provider: config.provider_name,
-                route: config.route_name,
+                provider: CallLabels::shared(config.provider_name),
+                route: CallLabels::shared(config.route_name),
                 api_key: config.api_key,
                 max_response_body: config.max_response_body,
                 models: ModelLabels::new(config.max_models_per_route),
@@ -335,6 +347,15 @@ impl Client {
     /// one arrived (whatever its status), else the [`CallError`].
     pub async fn send(&self, request: RawRequest) -> Result<Exchange, CallError> {
         let mut run = Inflight::start(self, &request, false);
+        if let Some(retry_after_secs) = run.refuse_unpaid_resend() {
+            return Err(CallError {
+                outcome: Outcome::BudgetExhausted,
+                attempts: 0,
+                last_status: None,
+                error_type: None,
+                retry_after_secs: Some(retry_after_secs),
+            });
+        }
         loop {
             let attempt_cx = run.begin_attempt();
             let timeout = run.attempt_timeout();
@@ -410,6 +431,7 @@ impl Client {
                             attempts: d.attempt + 1,
                             last_status: run.last_status,
                             error_type: d.error_type.map(|e| e.to_string()),
+                            retry_after_secs: None,
                         });
                     }
                     d
@@ -429,8 +451,9 @@ impl Client {
         let mut headers = request.headers.clone();
         headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
-        if let Some(tp) =
-            retrybudget_telemetry::traceparent(cx).and_then(|v| HeaderValue::from_str(&v).ok())
+        // The formatted string becomes the header value's buffer (no second copy).
+        if let Some(tp) = retrybudget_telemetry::traceparent(cx)
+            .and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok())
         {
             headers.insert("traceparent", tp);
         }
@@ -450,13 +473,14 @@ impl Client {
             .body(request.body.clone())
             .send()
             .await;
-        let response = match sent {
+        let mut response = match sent {
             Ok(r) => r,
             Err(e) => return Output::Failed(failure_kind(&e)),
         };
         let status = response.status();
         let version = protocol_version(response.version());
-        let headers = response.headers().clone();
+        // Taken, not cloned: the body below needs only the response's stream.
+        let headers = std::mem::take(response.headers_mut());
         // An upstream that ignores `stream` and answers JSON takes the buffered path, not the SSE one.
         let is_sse = headers
             .get(header::CONTENT_TYPE)

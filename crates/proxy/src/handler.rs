@@ -15,6 +15,7 @@ use retrybudget_policy::repeatable;
 
 use crate::ProxyState;
 use crate::access::Refusal;
+use crate::caller::{CallerRetries, CallerTable, Pending};
 use crate::request::{self, BodyError, TRACEPARENT};
 use crate::response::{self, ServerSpan};
 
@@ -80,11 +81,15 @@ fn raw_request(
 ) -> RawRequest {
     let mut raw = RawRequest::chat(Bytes::new());
     raw.method = parts.method.clone();
-    raw.path = parts
+    // Written into the strings `chat` allocated (a route template or a short path fits): no new allocation.
+    let path = parts
         .uri
         .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
-    raw.url_template = route.to_owned();
+        .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
+    raw.path.clear();
+    raw.path.push_str(path);
+    raw.url_template.clear();
+    raw.url_template.push_str(route);
     raw.headers = request::forward_headers(&parts.headers);
     state.config().access.set_credentials(&mut raw.headers);
     raw.parent = parent;
@@ -145,8 +150,34 @@ async fn exchange(
         raw.max_tokens = facts.max_tokens;
         raw.temperature = facts.temperature;
     }
+    let pending = caller_retry(state, parts, &mut raw);
     match client.send(raw).await {
-        Ok(exchange) => response::relay(exchange),
-        Err(error) => response::upstream_failed(&error),
+        Ok(exchange) => {
+            if let Some(p) = pending {
+                p.finish(exchange.status.is_success(), exchange.attempts);
+            }
+            response::relay(exchange)
+        }
+        Err(error) => {
+            if let Some(p) = pending {
+                p.finish(false, error.attempts);
+            }
+            response::upstream_failed(&error)
+        }
     }
+}
+
+/// Recognises the caller's own re-send (see [`crate::caller`]) and marks `raw` with it. The returned guard
+/// must see the request's end (or be dropped, which records a failure: the caller went away).
+fn caller_retry(state: &ProxyState, parts: &Parts, raw: &mut RawRequest) -> Option<Pending> {
+    let table = state.callers();
+    if table.config().mode == CallerRetries::Off {
+        raw.caller_retry = CallerTable::header_only(raw.client_retry_count);
+        return None;
+    }
+    let keys = table.keys(&parts.method, &raw.url_template, &parts.headers, &raw.body);
+    let pending = Pending::new(table.clone(), table.arrive(keys, raw.client_retry_count));
+    raw.caller_retry = pending.retry();
+    raw.caller_retry_pays = table.config().mode == CallerRetries::Budget;
+    Some(pending)
 }

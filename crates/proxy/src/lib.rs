@@ -44,6 +44,7 @@
 //! ```
 
 mod access;
+mod caller;
 mod guard;
 mod handler;
 mod listener;
@@ -62,7 +63,11 @@ use retrybudget_telemetry::Telemetry;
 use tokio::sync::Semaphore;
 
 pub use access::Access;
+pub use caller::{CallerConfig, CallerRetries};
 pub use listener::Limits;
+pub use response::{
+    ATTEMPTS_HEADER, OUTCOME_HEADER, RETRY_BUDGET_EXHAUSTED, STREAM_INTERRUPTED_EVENT,
+};
 
 /// Not API: entry points for the fuzz targets in `fuzz/` (chat validation and path checks stay crate-private).
 #[doc(hidden)]
@@ -84,7 +89,6 @@ pub mod fuzzing {
         crate::path::check_joined(base, path_and_query).map_err(|e| e.message())
     }
 }
-pub use response::{ATTEMPTS_HEADER, OUTCOME_HEADER, STREAM_INTERRUPTED_EVENT};
 
 /// How the proxy treats requests and shutdown.
 #[derive(Debug, Clone)]
@@ -93,6 +97,8 @@ pub struct ProxyConfig {
     pub max_body: usize,
     /// Longest wait for in-flight requests after the shutdown signal (default 10 s).
     pub shutdown_grace: Duration,
+    /// Recognising callers' own retries (`--caller-retries`, see [`CallerRetries`]).
+    pub caller: CallerConfig,
     /// Who may use the proxy (and its key), and how the key is sent.
     pub access: Access,
     /// Timeouts and caps of the listener and of request handling.
@@ -104,6 +110,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             max_body: 8 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            caller: CallerConfig::default(),
             access: Access::default(),
             limits: Limits::default(),
         }
@@ -116,6 +123,7 @@ impl Default for ProxyConfig {
 pub struct ProxyState {
     client: Client,
     config: Arc<ProxyConfig>,
+    callers: caller::CallerTable,
     in_flight: Arc<Semaphore>,
 }
 
@@ -127,6 +135,7 @@ impl ProxyState {
         let in_flight = Arc::new(Semaphore::new(config.limits.max_in_flight.max(1)));
         ProxyState {
             client,
+            callers: caller::CallerTable::new(config.caller),
             config: Arc::new(config),
             in_flight,
         }
@@ -139,6 +148,10 @@ impl ProxyState {
 
     pub(crate) fn config(&self) -> &ProxyConfig {
         &self.config
+    }
+
+    pub(crate) fn callers(&self) -> &caller::CallerTable {
+        &self.callers
     }
 
     pub(crate) fn in_flight(&self) -> &Arc<Semaphore> {

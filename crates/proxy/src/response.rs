@@ -36,8 +36,13 @@ pub const OUTCOME_HEADER: &str = "x-retrybudget-outcome";
 pub const STREAM_INTERRUPTED_EVENT: &str = "data: {\"error\":{\"message\":\"upstream stream interrupted\",\"type\":\"upstream_error\",\"code\":\"stream_interrupted\"}}\n\n";
 
 const JSON: &str = "application/json";
+/// The SERVER span's name for chat completions (`{method} {route}`).
+const CHAT_SPAN_NAME: &str = "POST /v1/chat/completions";
 const INVALID_REQUEST: &str = "invalid_request_error";
 const UPSTREAM_ERROR: &str = "upstream_error";
+const RATE_LIMIT_ERROR: &str = "rate_limit_error";
+/// `error.code` of the 429 for a caller's re-send the shared retry budget refused.
+pub const RETRY_BUDGET_EXHAUSTED: &str = "retry_budget_exhausted";
 const OVERLOADED: &str = "overloaded_error";
 
 // === errors of our own ===
@@ -200,8 +205,35 @@ pub(crate) fn not_found() -> Response {
     )
 }
 
-/// 502 (or 504 after a timeout that ran into the deadline) when no upstream response ever arrived.
+/// 429 for a caller's re-send the shared retry budget could not pay for (no upstream call was made), with
+/// `retry-after` = the budget's refill time. Not `insufficient_quota`: an SDK treats this as retryable later.
+pub(crate) fn retry_budget_exhausted(retry_after_secs: u64) -> Response {
+    let message = format!(
+        "retry budget exhausted: this request repeats one that just failed, and the shared retry budget for \
+         this upstream is spent, so it was not sent; retry after {retry_after_secs} s, and let one layer own \
+         retries (e.g. max_retries=0 in the SDK behind this proxy)"
+    );
+    let mut response = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &message,
+        RATE_LIMIT_ERROR,
+        Some(RETRY_BUDGET_EXHAUSTED),
+        None,
+        0,
+        Outcome::BudgetExhausted,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
+/// 502 (or 504 after a timeout that ran into the deadline) when no upstream response ever arrived; 429 when
+/// the budget refused a caller's re-send before any attempt.
 pub(crate) fn upstream_failed(error: &CallError) -> Response {
+    if let Some(secs) = error.retry_after_secs {
+        return retry_budget_exhausted(secs);
+    }
     let timed_out = error.outcome == Outcome::DeadlineExceeded
         && error.error_type.as_deref() == Some("timeout");
     let status = if timed_out {
@@ -410,12 +442,14 @@ impl ServerSpan {
             KeyValue::new(HTTP_REQUEST_METHOD, method),
             KeyValue::new(HTTP_ROUTE, route),
         ];
-        let cx = telemetry.start_span(
-            parent,
-            format!("{method} {route}"),
-            SpanKind::Server,
-            attributes,
-        );
+        // The common case as a static name: no string built per request.
+        let name: std::borrow::Cow<'static, str> =
+            if method == "POST" && route == retrybudget_client::CHAT_COMPLETIONS {
+                CHAT_SPAN_NAME.into()
+            } else {
+                format!("{method} {route}").into()
+            };
+        let cx = telemetry.start_span(parent, name, SpanKind::Server, attributes);
         ServerSpan { cx, ended: false }
     }
 
@@ -454,6 +488,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn the_static_chat_span_name_is_method_and_route() {
+        assert_eq!(
+            CHAT_SPAN_NAME,
+            format!("POST {}", retrybudget_client::CHAT_COMPLETIONS)
+        );
+    }
 
     #[test]
     fn relayed_headers() {

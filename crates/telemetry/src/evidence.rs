@@ -11,37 +11,48 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::trace::{Status, TraceContextExt};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 
 use crate::export::EVIDENCE;
 use crate::names::*;
+use crate::nested::CallerRetry;
 use crate::pipeline::Telemetry;
 use crate::record::EvidenceRecord;
 
 /// The labels every event of one logical call shares.
+///
+/// The strings are [`StringValue`]s that share their buffer (`Arc<str>`, or a `&'static str`): one call copies
+/// them into a dozen span, metric, log and JSONL attributes, and each copy is then a reference count, not an
+/// allocation. Build them from an `Arc<str>` (see [`CallLabels::shared`]); a `String` converted directly would
+/// be copied on every clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallLabels {
     /// `retrybudget.route`, e.g. `cometapi_chat_completions`.
-    pub route: String,
+    pub route: StringValue,
     /// `gen_ai.provider.name`.
-    pub provider: String,
+    pub provider: StringValue,
     /// `gen_ai.request.model`.
-    pub model: String,
+    pub model: StringValue,
     /// Budget scope.
-    pub scope: String,
+    pub scope: StringValue,
     /// `server.address` of the upstream.
-    pub server_address: String,
+    pub server_address: StringValue,
     /// `server.port` of the upstream.
     pub server_port: u16,
     /// `url.template`, e.g. `/v1/chat/completions`.
-    pub url_template: Cow<'static, str>,
+    pub url_template: StringValue,
     /// `http.request.method`.
-    pub method: Cow<'static, str>,
+    pub method: StringValue,
     /// `gen_ai.operation.name` (see [`gen_ai_operation`]).
     pub operation: &'static str,
 }
 
 impl CallLabels {
+    /// A label value whose clones share one buffer.
+    pub fn shared(value: impl Into<std::sync::Arc<str>>) -> StringValue {
+        StringValue::from(value.into())
+    }
+
     /// The low-cardinality HTTP attributes every attempt shares (span and `http.client.request.duration`).
     pub fn http_attributes(&self) -> Vec<KeyValue> {
         vec![
@@ -82,6 +93,8 @@ pub struct AttemptEvent<'a> {
     pub terminal: Option<(&'static str, &'static str)>,
     /// `network.protocol.version`, when known.
     pub protocol_version: Option<&'static str>,
+    /// Set when the call is its caller's re-send (proxy mode): written to the evidence record.
+    pub caller_retry: Option<CallerRetry>,
 }
 
 impl AttemptEvent<'_> {
@@ -144,8 +157,13 @@ impl AttemptEvent<'_> {
             http_attrs.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(s)));
         }
         i.attempts.add(1, &attempt_attrs);
-        // A request refused by local validation never left: it has evidence, but no HTTP duration.
-        if self.error_type.as_deref() != Some("validation_error") {
+        // A request refused by local validation never left: it has evidence, but no HTTP duration. Neither did
+        // a caller's re-send the budget refused to pay for: stopped for the budget without any response or
+        // transport error (every other budget stop follows a failed attempt).
+        let refused_resend = self.decision == "stop_budget_exhausted"
+            && self.status.is_none()
+            && self.error_type.is_none();
+        if self.error_type.as_deref() != Some("validation_error") && !refused_resend {
             i.http_duration
                 .record(self.duration.as_secs_f64(), &http_attrs);
         }
@@ -180,8 +198,8 @@ impl AttemptEvent<'_> {
             rec.set_body(AnyValue::from(note));
             rec.set_trace_context(ctx.trace_id(), ctx.span_id(), Some(ctx.trace_flags()));
             rec.add_attribute(RB_ROUTE, l.route.clone());
-            rec.add_attribute(HTTP_REQUEST_METHOD, l.method.to_string());
-            rec.add_attribute(URL_TEMPLATE, l.url_template.to_string());
+            rec.add_attribute(HTTP_REQUEST_METHOD, l.method.clone());
+            rec.add_attribute(URL_TEMPLATE, l.url_template.clone());
             if let Some(s) = self.status {
                 rec.add_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(s));
             }
@@ -209,8 +227,8 @@ impl AttemptEvent<'_> {
                 environment: inner.environment.as_str().into(),
                 provider_route: l.route.as_str().into(),
                 model: l.model.as_str().into(),
-                http_method: Cow::Borrowed(&l.method),
-                http_route: Cow::Borrowed(&l.url_template),
+                http_method: Cow::Borrowed(l.method.as_str()),
+                http_route: Cow::Borrowed(l.url_template.as_str()),
                 http_status_code: self.status,
                 error_type: self.error_type.as_deref().map(Cow::Borrowed),
                 retry_attempt: self.attempt,
@@ -222,6 +240,8 @@ impl AttemptEvent<'_> {
                 decision: self.decision.into(),
                 client_result: self.terminal.map(|(_, r)| r.into()),
                 terminal_outcome: self.terminal.map(|(o, _)| o.into()),
+                caller_retry: self.caller_retry.map(|r| r.source.as_str().into()),
+                caller_attempt: self.caller_retry.map(|r| r.attempt),
                 operator_note: note.into(),
                 trace_id: ctx.trace_id().to_string().into(),
                 span_id: ctx.span_id().to_string().into(),
@@ -260,6 +280,8 @@ pub struct CallEvent<'a> {
     pub error_type: Option<Cow<'static, str>>,
     /// The caller's own retry count (proxy mode), when it sent one.
     pub client_retry_count: Option<u32>,
+    /// Set when the request was its caller's re-send (proxy mode): how it was recognised.
+    pub caller_retry: Option<CallerRetry>,
     /// Response facts (ids, model, finish reasons, usage), when a response arrived.
     pub response: Option<&'a ResponseFacts>,
 }
@@ -297,6 +319,10 @@ impl CallEvent<'_> {
         }
         if let Some(n) = self.client_retry_count {
             attrs.push(KeyValue::new(RB_CLIENT_RETRY_COUNT, i64::from(n)));
+        }
+        if let Some(r) = self.caller_retry {
+            attrs.push(KeyValue::new(RB_CALLER_RETRY_SOURCE, r.source.as_str()));
+            attrs.push(KeyValue::new(RB_CALLER_RETRY_ATTEMPT, i64::from(r.attempt)));
         }
         if let Some(e) = &self.error_type {
             attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
@@ -362,11 +388,18 @@ impl CallEvent<'_> {
         }
         i.operation_duration
             .record(self.duration.as_secs_f64(), &op_attrs);
-        // Adding 0 still creates the route's series, so dashboards and alerts see a 0, not "no data".
-        i.nested_retries.add(
-            u64::from(self.client_retry_count.is_some_and(|n| n > 0)),
-            &[route],
-        );
+        // One count per caller re-send, by how it was recognised. Adding 0 to the route's series otherwise
+        // still creates it, so dashboards and alerts see a 0, not "no data".
+        match self.caller_retry {
+            Some(r) => i.nested_retries.add(
+                1,
+                &[
+                    route,
+                    KeyValue::new(RB_CALLER_RETRY_SOURCE, r.source.as_str()),
+                ],
+            ),
+            None => i.nested_retries.add(0, &[route]),
+        }
         span.end();
     }
 }

@@ -114,6 +114,17 @@ pub const RB_BUDGET_REMAINING: &str = "retrybudget.budget.remaining";
 pub const RB_BACKOFF_TOTAL_MS: &str = "retrybudget.backoff.total_ms";
 /// The caller's own retry count (nested retries, proxy mode).
 pub const RB_CLIENT_RETRY_COUNT: &str = "retrybudget.client_retry_count";
+/// How a request was recognised as its caller's re-send (`header`, `fingerprint`, `idempotency_key`): logical
+/// span attribute, label of [`M_NESTED_RETRIES`].
+pub const RB_CALLER_RETRY_SOURCE: &str = "retrybudget.caller_retry.source";
+/// Which re-send of its caller a request is (1 = the first re-send): logical span attribute.
+pub const RB_CALLER_RETRY_ATTEMPT: &str = "retrybudget.caller_retry.attempt";
+/// Caller retry source: the caller's retry header (`x-stainless-retry-count`, `x-retrybudget-attempt`) > 0.
+pub const CALLER_RETRY_SOURCE_HEADER: &str = "header";
+/// Caller retry source: same caller, same request, after a failure or while its twin was in flight.
+pub const CALLER_RETRY_SOURCE_FINGERPRINT: &str = "fingerprint";
+/// Caller retry source: an `Idempotency-Key` the caller already sent.
+pub const CALLER_RETRY_SOURCE_IDEMPOTENCY_KEY: &str = "idempotency_key";
 /// 0-based attempt index.
 pub const RB_ATTEMPT: &str = "retrybudget.attempt";
 /// The decision after the attempt.
@@ -161,7 +172,7 @@ pub const M_BACKOFF_DURATION: &str = "retrybudget.backoff.duration";
 pub const M_BUDGET_REMAINING: &str = "retrybudget.budget.remaining";
 /// Retries the budget denied.
 pub const M_BUDGET_DENIED: &str = "retrybudget.budget.denied";
-/// Requests whose caller was itself retrying.
+/// Requests whose caller was itself retrying, by route and [`RB_CALLER_RETRY_SOURCE`].
 pub const M_NESTED_RETRIES: &str = "retrybudget.client.nested_retries";
 /// Telemetry items dropped.
 pub const M_TELEMETRY_DROPPED: &str = "retrybudget.telemetry.dropped";

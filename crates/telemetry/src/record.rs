@@ -66,6 +66,13 @@ pub struct EvidenceRecord<'a> {
     /// The call's terminal outcome, on its final attempt only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal_outcome: Option<Cow<'a, str>>,
+    /// Set when the call was its caller's re-send (proxy mode): how it was recognised — `header`,
+    /// `fingerprint` or `idempotency_key` (see `CallerRetrySource`). Absent for a caller's first send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_retry: Option<Cow<'a, str>>,
+    /// With `caller_retry`: which re-send of the caller this call is (1 = its first re-send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_attempt: Option<u32>,
     /// Fixed, sanitised text; never request or response content.
     #[serde(borrow)]
     pub operator_note: Cow<'a, str>,
@@ -148,6 +155,8 @@ impl<'a> EvidenceRecord<'a> {
             decision: own(self.decision),
             client_result: self.client_result.map(own),
             terminal_outcome: self.terminal_outcome.map(own),
+            caller_retry: self.caller_retry.map(own),
+            caller_attempt: self.caller_attempt,
             operator_note: own(self.operator_note),
             trace_id: own(self.trace_id),
             span_id: own(self.span_id),

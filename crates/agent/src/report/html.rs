@@ -127,6 +127,22 @@ fn figures(o: &mut String, s: &Summary) {
             ""
         },
     );
+    let provider = s.provider_amplification().map(|a| format!("{a:.2}"));
+    card(
+        "provider_amplification",
+        provider.clone().unwrap_or_default(),
+        provider.map_or_else(|| "n/a".to_owned(), |a| format!("{a}×")),
+        "provider amplification",
+        format!(
+            "upstream attempts per distinct request ({} caller re-sends)",
+            s.caller_retries.total()
+        ),
+        if s.provider_amplification().is_some_and(|a| a >= 2.0) {
+            "bad"
+        } else {
+            ""
+        },
+    );
     let ratio = s.success_ratio();
     card(
         "success_ratio",

@@ -365,6 +365,38 @@ mod tests {
     }
 
     #[test]
+    fn provider_amplification_counts_upstream_attempts_per_distinct_caller_request() {
+        // One request failing (2 attempts), its caller's re-send (1 attempt), a second re-send the budget
+        // refused (no attempt, no status), and a locally invalid request (never left).
+        let s = summary_of(&[
+            line(serde_json::json!({"decision": "retry", "error_type": "503", "trace_id": "a"})),
+            line(
+                serde_json::json!({"retry_attempt": 1, "decision": "stop_budget_exhausted", "error_type": "503", "terminal_outcome": "budget_exhausted", "trace_id": "a"}),
+            ),
+            line(
+                serde_json::json!({"decision": "stop_attempts_exhausted", "error_type": "503", "terminal_outcome": "failed_after_retry", "caller_retry": "fingerprint", "caller_attempt": 1, "trace_id": "b"}),
+            ),
+            line(
+                serde_json::json!({"decision": "stop_budget_exhausted", "terminal_outcome": "budget_exhausted", "caller_retry": "fingerprint", "caller_attempt": 2, "trace_id": "c"}),
+            ),
+            line(
+                serde_json::json!({"decision": "stop_non_retryable", "error_type": "validation_error", "terminal_outcome": "failed_without_retry", "trace_id": "d"}),
+            ),
+        ]);
+        assert_eq!(s.calls(), 4);
+        assert_eq!(s.upstream_attempts, 3);
+        assert_eq!(s.distinct_requests(), 2);
+        assert_eq!(s.caller_retries.get("fingerprint"), 2);
+        assert_eq!(s.provider_amplification(), Some(1.5));
+        let text = text::render(&s, Path::new("x"), &View::default());
+        assert!(text.contains("provider_amplification=1.50"), "{text}");
+        assert!(text.contains("fingerprint=2"), "{text}");
+        let j = json::render(&s, &View::default());
+        assert_eq!(j["provider_amplification"], 1.5);
+        assert_eq!(j["caller_retries"]["fingerprint"], 2);
+    }
+
+    #[test]
     fn malformed_lines_are_rejected_with_a_reason_and_bounded() {
         let mut lines = vec![
             "{not json".to_owned(),

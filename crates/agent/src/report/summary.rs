@@ -284,6 +284,11 @@ pub(crate) struct Summary {
     /// Calls forgotten from the in-flight table before their terminal record (elapsed time unknown).
     pub(crate) in_flight_evicted: u64,
     pub(crate) malformed_count: u64,
+    /// Attempts that reached the upstream: all but those refused locally (`validation_error`) and the caller
+    /// re-sends the shared budget refused before any attempt (no status, no `error_type`).
+    pub(crate) upstream_attempts: u64,
+    /// Calls started that were their caller's re-send (proxy mode), by how they were recognised.
+    pub(crate) caller_retries: Counts,
     /// The first [`MAX_MALFORMED_KEPT`] malformed lines.
     pub(crate) malformed: Vec<Malformed>,
     pub(crate) timeline: Timeline,
@@ -300,10 +305,11 @@ impl Summary {
         self.calls_started.saturating_sub(self.calls())
     }
 
-    /// Attempts per call; `None` without calls.
+    /// Upstream attempts per call (an attempt that never left — refused locally, or a caller's re-send the
+    /// budget refused — puts no load on the provider); `None` without calls.
     pub(crate) fn amplification(&self) -> Option<f64> {
         let calls = self.calls();
-        (calls > 0).then(|| self.attempts as f64 / calls as f64)
+        (calls > 0).then(|| self.upstream_attempts as f64 / calls as f64)
     }
 
     /// Share of calls that ended in success (with or without retries); `None` without calls.
@@ -316,10 +322,32 @@ impl Summary {
         (calls > 0).then(|| ok as f64 / calls as f64)
     }
 
+    /// Requests the callers meant to make: calls started, less their re-sends.
+    pub(crate) fn distinct_requests(&self) -> u64 {
+        self.calls_started
+            .saturating_sub(self.caller_retries.total())
+    }
+
+    /// What the provider really saw: upstream attempts per *distinct* caller request (the callers' own
+    /// retries multiply it; [`Summary::amplification`] counts per call and cannot see them). `None` without
+    /// calls.
+    pub(crate) fn provider_amplification(&self) -> Option<f64> {
+        let distinct = self.distinct_requests();
+        (distinct > 0).then(|| self.upstream_attempts as f64 / distinct as f64)
+    }
+
     pub(crate) fn denials(&self) -> u64 {
         self.attempts_by_decision
             .get(DecisionKind::StopBudgetExhausted.as_str())
     }
+}
+
+/// Whether an attempt record stands for a request the upstream received (or was sent while the caller left).
+fn reached_upstream(r: &EvidenceRecord<'_>) -> bool {
+    let refused_resend = r.decision == DecisionKind::StopBudgetExhausted.as_str()
+        && r.http_status_code.is_none()
+        && r.error_type.is_none();
+    r.error_type.as_deref() != Some("validation_error") && !refused_resend
 }
 
 // === the first pass: totals, calls to open ===
@@ -349,8 +377,9 @@ impl InFlight {
                 self.evicted += 1;
             }
         }
-        // Finished calls leave stale entries in `order`; drop them before they outgrow the table.
-        if self.order.len() > 2 * MAX_IN_FLIGHT {
+        // Finished calls leave stale entries in `order`; drop them once they outnumber the live ones (amortised
+        // O(1)), so memory follows the calls actually in flight, not the lines read.
+        if self.order.len() > 2 * self.starts.len() + 4096 {
             let starts = &self.starts;
             self.order
                 .retain(|(seq, id)| starts.get(id).is_some_and(|(_, s)| s == seq));
@@ -426,6 +455,12 @@ impl FirstPass {
         }
         if r.is_first_attempt() {
             s.calls_started += 1;
+            if let Some(source) = r.caller_retry.as_deref() {
+                s.caller_retries.add(source, 1);
+            }
+        }
+        if reached_upstream(r) {
+            s.upstream_attempts += 1;
         }
         let Some(outcome) = r.terminal_outcome.as_deref() else {
             if r.is_first_attempt() {

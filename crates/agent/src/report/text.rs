@@ -37,9 +37,25 @@ pub(crate) fn render(s: &Summary, source: &Path, view: &View) -> String {
     push_counts(&mut out, &s.attempts_by_error_type);
     match s.amplification() {
         Some(a) => {
-            let _ = writeln!(out, "\namplification={a:.2} (attempts per call)");
+            let _ = writeln!(out, "\namplification={a:.2} (upstream attempts per call)");
         }
         None => out.push_str("\namplification=n/a (no completed calls)\n"),
+    }
+    match s.provider_amplification() {
+        Some(a) => {
+            let _ = write!(
+                out,
+                "provider_amplification={a:.2} (upstream attempts per distinct caller request: {} upstream attempts, {} distinct requests, {} caller re-sends",
+                s.upstream_attempts,
+                s.distinct_requests(),
+                s.caller_retries.total()
+            );
+            for (source, n) in s.caller_retries.ranked() {
+                let _ = write!(out, ", {source}={n}");
+            }
+            out.push_str(")\n");
+        }
+        None => out.push_str("provider_amplification=n/a (no calls)\n"),
     }
     match s.success_ratio() {
         Some(r) => {
