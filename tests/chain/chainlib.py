@@ -171,7 +171,9 @@ def wait_http_ok(url: str, timeout: float, procs: list[Proc] = ()) -> None:
 
 
 def chat(proxy: str, model: str = "fake-model", stream: bool = False, timeout: float = 60) -> tuple[int, bytes]:
-    body = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
+    # Each call a distinct request: byte-identical requests in flight at once are a caller's re-sends to the
+    # proxy (crates/proxy/src/caller.rs), which spend budget instead of being new traffic.
+    body = {"model": model, "messages": [{"role": "user", "content": f"hello {random.getrandbits(64):x}"}]}
     if stream:
         body["stream"] = True
     return http("POST", f"{proxy}/v1/chat/completions", body,

@@ -45,7 +45,7 @@ def traceparent() -> tuple[str, str]:
 
 
 def chat_traced(proxy: str, header: str, model: str) -> int:
-    body = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
+    body = {"model": model, "messages": [{"role": "user", "content": f"hello {secrets.token_hex(8)}"}]}
     status, _ = http("POST", f"{proxy}/v1/chat/completions", body,
                      headers={"authorization": "Bearer sk-test-not-a-real-key", "traceparent": header}, timeout=60)
     return status
