@@ -12,6 +12,7 @@
 mod error;
 mod inflight;
 mod stream;
+mod transport;
 mod types;
 
 use std::sync::Arc;
@@ -30,9 +31,11 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 pub use error::{CallError, ChatError, ClientError};
 pub use stream::{ChatStream, StreamError};
+pub use transport::Transport;
 pub use types::{ChatRequest, ChatResponse, Choice, Message, Usage};
 
 use inflight::Inflight;
+use transport::Direct;
 
 /// The route template of chat completions.
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
@@ -346,6 +349,17 @@ impl Client {
     /// Makes a logical call: attempts, decisions, backoff and evidence. Returns the final upstream response if
     /// one arrived (whatever its status), else the [`CallError`].
     pub async fn send(&self, request: RawRequest) -> Result<Exchange, CallError> {
+        let direct = Direct(&self.inner.http);
+        self.send_via(request, direct).await
+    }
+
+    /// [`Client::send`] with each attempt sent through `transport` — e.g. the rest of a `reqwest-middleware`
+    /// chain — instead of this client's own connection pool: the same policy, budget, spans and evidence.
+    pub async fn send_via<T: Transport>(
+        &self,
+        request: RawRequest,
+        mut transport: T,
+    ) -> Result<Exchange, CallError> {
         let mut run = Inflight::start(self, &request, false);
         if let Some(retry_after_secs) = run.refuse_unpaid_resend() {
             return Err(CallError {
@@ -359,7 +373,8 @@ impl Client {
         loop {
             let attempt_cx = run.begin_attempt();
             let timeout = run.attempt_timeout();
-            let attempt = self.attempt_once(&request, &attempt_cx, run.attempt_index());
+            let attempt =
+                self.attempt_once(&request, &attempt_cx, run.attempt_index(), &mut transport);
             let output = tokio::time::timeout(timeout, attempt)
                 .await
                 .unwrap_or(Output::Failed(FailureKind::Timeout));
@@ -441,11 +456,12 @@ impl Client {
         }
     }
 
-    async fn attempt_once(
+    async fn attempt_once<T: Transport>(
         &self,
         request: &RawRequest,
         cx: &opentelemetry::Context,
         attempt: u32,
+        transport: &mut T,
     ) -> Output {
         let inner = &self.inner;
         let mut headers = request.headers.clone();
@@ -466,15 +482,17 @@ impl Client {
             headers.insert(header::AUTHORIZATION, v);
         }
         let url = format!("{}{}", inner.base, request.path);
-        let sent = inner
+        let built = inner
             .http
             .request(request.method.clone(), url)
             .headers(headers)
             .body(request.body.clone())
-            .send()
-            .await;
-        let mut response = match sent {
-            Ok(r) => r,
+            .build();
+        let mut response = match built {
+            Ok(r) => match transport.send_attempt(r).await {
+                Ok(r) => r,
+                Err(kind) => return Output::Failed(kind),
+            },
             Err(e) => return Output::Failed(failure_kind(&e)),
         };
         let status = response.status();
@@ -572,7 +590,9 @@ enum Output {
     Failed(FailureKind),
 }
 
-fn failure_kind(e: &reqwest::Error) -> FailureKind {
+/// What a transport error means to the policy (`connect_error`, `timeout`, `tls_error`, …), from the error's
+/// kind and source chain — never from its message, which contains the URL.
+pub fn failure_kind(e: &reqwest::Error) -> FailureKind {
     if e.is_timeout() {
         return FailureKind::Timeout;
     }
