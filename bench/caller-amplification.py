@@ -77,7 +77,7 @@ litellm_settings:
     p = subprocess.Popen([litellm, "--config", config, "--host", "127.0.0.1", "--port", str(port)],
                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=400)
 
         def one(i):
             req = urllib.request.Request(

@@ -26,9 +26,31 @@ pub struct Cli {
     #[arg(long, global = true, env = "RETRYBUDGET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Operational log level or filter directives (e.g. debug, retrybudget=debug,warn) [default: RUST_LOG, else info]
+    #[arg(
+        long,
+        global = true,
+        env = "RETRYBUDGET_LOG_LEVEL",
+        value_name = "LEVEL"
+    )]
+    pub log_level: Option<String>,
+
+    /// Operational logs on stderr as text or one JSON object a line [default: text]
+    #[arg(long, global = true, env = "RETRYBUDGET_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text, hide_default_value = true)]
+    pub log_format: LogFormat,
+
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How operational logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// The subcommands.

@@ -43,7 +43,9 @@ pub(crate) async fn run(
     println!(
         "retrybudget fake-upstream listening on http://{addr} (OpenAI-compatible /v1/*, control API under /_control/; Ctrl-C to stop)"
     );
+    tracing::info!(name: retrybudget_telemetry::names::LOG_STARTED, listen = %addr, "retrybudget fake-upstream started");
     retrybudget_fake_upstream::serve(listener, shutdown_signal()).await;
+    tracing::info!(name: retrybudget_telemetry::names::LOG_STOPPED, "retrybudget fake-upstream stopped");
     println!("retrybudget fake-upstream stopped");
     Ok(ExitCode::SUCCESS)
 }

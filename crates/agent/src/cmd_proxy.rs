@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::ArgMatches;
 use retrybudget_client::{Client, ClientConfig, ClientError};
 use retrybudget_proxy::{Access, CallerConfig, Limits, ProxyConfig, ProxyState};
-use retrybudget_telemetry::EvidenceRotation;
+use retrybudget_telemetry::{EvidenceRotation, names};
 use serde::Deserialize;
 
 use crate::cli::ProxyArgs;
@@ -231,6 +231,17 @@ pub(crate) async fn run(
     }
     let limits = limits(&layers, args, &mut file_access, config)?;
 
+    tracing::info!(
+        name: names::LOG_CONFIG,
+        upstream = %printable_url(&upstream.value),
+        provider = %provider.value,
+        route = %route.value,
+        max_attempts = policy.max_attempts,
+        deadline = ?policy.deadline,
+        per_attempt_timeout = ?policy.per_attempt_timeout,
+        max_body = max_body.value,
+        "proxy configuration"
+    );
     let telemetry = init_telemetry_rotating(evidence.as_ref().map(|e| e.value.clone()), rotation)?;
     tokio::spawn(reopen_evidence_on_sighup(telemetry.clone()));
     let mut client_config = ClientConfig::new(upstream.value.clone());
@@ -279,12 +290,23 @@ pub(crate) async fn run(
             (false, false) => "not configured (callers' Authorization is forwarded)",
         },
     );
+    tracing::info!(
+        name: names::LOG_STARTED,
+        listen = %addr,
+        upstream = %printable_url(&upstream.value),
+        otlp = %otlp_summary(),
+        evidence_file = ?evidence.as_ref().map(|e| &e.value),
+        api_key_configured = has_key,
+        "retrybudget proxy started"
+    );
     let served = retrybudget_proxy::serve(listener, state, async {
         shutdown_signal().await;
+        tracing::info!(name: names::LOG_STOPPING, "shutdown signal received; draining in-flight requests");
         println!("retrybudget proxy: shutting down, draining in-flight requests");
     })
     .await;
     let flushed = shutdown_telemetry(&telemetry).await;
+    tracing::info!(name: names::LOG_STOPPED, telemetry_flushed = flushed, "retrybudget proxy stopped");
     served.context("the proxy server failed")?;
     println!(
         "retrybudget proxy stopped{}",

@@ -65,18 +65,36 @@ pub(crate) fn init_telemetry_rotating(
     let mut config = TelemetryConfig::from_env().map_err(|e| usage(e.to_string()))?;
     config.evidence_file = evidence_file;
     config.evidence_rotation = rotation;
-    Telemetry::init(&config).map_err(|e| match e {
+    let telemetry = Telemetry::init(&config).map_err(|e| match e {
         TelemetryError::Config(_) => usage(e.to_string()),
         TelemetryError::Init(_) => anyhow::Error::new(e),
-    })
+    })?;
+    crate::logging::attach_otlp(&telemetry);
+    tracing::info!(
+        name: retrybudget_telemetry::names::LOG_CONFIG,
+        service_name = %config.service_name,
+        otlp = %otlp_summary(),
+        evidence_file = ?config.evidence_file,
+        "telemetry started"
+    );
+    Ok(telemetry)
 }
 
 /// Flushes and stops telemetry (bounded) off the async workers, so exporters that need the runtime can finish.
 pub(crate) async fn shutdown_telemetry(telemetry: &Telemetry) -> bool {
     let t = telemetry.clone();
-    tokio::task::spawn_blocking(move || t.shutdown(TELEMETRY_FLUSH))
+    let flushed = tokio::task::spawn_blocking(move || t.shutdown(TELEMETRY_FLUSH))
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+    crate::logging::detach_otlp();
+    if !flushed {
+        tracing::warn!(
+            name: retrybudget_telemetry::names::LOG_WARNING,
+            timeout_ms = TELEMETRY_FLUSH.as_millis() as u64,
+            "telemetry flush timed out; items still queued are lost"
+        );
+    }
+    flushed
 }
 
 /// How long telemetry may take to flush at exit.

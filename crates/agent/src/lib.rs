@@ -12,6 +12,7 @@ mod cmd_proxy;
 mod common;
 pub mod config;
 mod demo;
+pub mod logging;
 mod probe;
 mod report;
 mod smoke;

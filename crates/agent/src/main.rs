@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let (cli, matches) = retrybudget::parse();
+    if let Err(e) = retrybudget::logging::init(cli.log_level.as_deref(), cli.log_format) {
+        // The command's answer, not a log: printed whatever the (invalid) level says.
+        eprintln!("retrybudget: error: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

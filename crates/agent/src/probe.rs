@@ -111,6 +111,13 @@ pub(crate) async fn run(
         otlp_summary()
     );
 
+    tracing::info!(
+        name: retrybudget_telemetry::names::LOG_STARTED,
+        listen = %addr,
+        base_url = %printable_url(&base_url.value),
+        interval = ?interval.value,
+        "retrybudget probe started"
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
@@ -144,7 +151,8 @@ pub(crate) async fn run(
     }
     let _ = stop_tx.send(true);
     let telemetry = server.await.context("the metrics server task failed")??;
-    crate::common::shutdown_telemetry(&telemetry).await;
+    let flushed = crate::common::shutdown_telemetry(&telemetry).await;
+    tracing::info!(name: retrybudget_telemetry::names::LOG_STOPPED, telemetry_flushed = flushed, "retrybudget probe stopped");
     println!("retrybudget probe stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry::trace::SpanKind;
+use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
-use retrybudget_policy::{AttemptResult, BudgetDenied, Call, Decision};
+use retrybudget_policy::{AttemptResult, BudgetDenied, Call, Decision, Outcome};
 use retrybudget_telemetry::labels::model_for_span;
 use retrybudget_telemetry::names::*;
 use retrybudget_telemetry::redact::redact_url;
@@ -59,14 +59,15 @@ impl Inflight {
                 inner
                     .redacted_base
                     .as_deref()
-                    .unwrap_or(&inner.server_address),
-                model
-            ),
+                    .unwrap_or(inner.server_address.as_str()),
+                model.as_str()
+            )
+            .into(),
             operation: gen_ai_operation(&request.url_template),
             model,
             server_address: inner.server_address.clone(),
             server_port: inner.server_port,
-            url_template: request.url_template.clone().into(),
+            url_template: CallLabels::shared(request.url_template.as_str()),
             method: http_method_label(request.method.as_str()).into(),
         };
         let mut attrs = vec![
@@ -92,16 +93,26 @@ impl Inflight {
         } else {
             format!("{} {span_model}", labels.operation)
         };
+        // Without an explicit parent (the proxy passes the caller's `traceparent`), the call joins the current
+        // context: inside a `tracing` span bridged by `tracing-opentelemetry`, that is the span's (the layer
+        // activates it on enter), so an app's `#[instrument]`ed handler becomes the logical span's parent.
+        let current;
+        let parent = if request.parent.span().span_context().is_valid() {
+            &request.parent
+        } else {
+            current = Context::current();
+            &current
+        };
         let call_cx = inner
             .telemetry
-            .start_span(&request.parent, name, SpanKind::Client, attrs);
+            .start_span(parent, name, SpanKind::Client, attrs);
         let mut unpaid = None;
         let call = match request.caller_retry {
             _ if local => policy.start_local_call(client.now(), client.next_seed()),
             // A caller's re-send pays like a retry; refused, it is recorded on a call that touches no budget.
             Some(retry) if request.caller_retry_pays => {
                 match policy.start_caller_retry(
-                    &labels.scope,
+                    labels.scope.as_str(),
                     client.now(),
                     request.deadline,
                     client.next_seed(),
@@ -115,7 +126,7 @@ impl Inflight {
                 }
             }
             _ => policy.start_call(
-                &labels.scope,
+                labels.scope.as_str(),
                 client.now(),
                 request.deadline,
                 client.next_seed(),
@@ -202,6 +213,7 @@ impl Inflight {
         if status.is_some() {
             self.last_status = status;
         }
+        self.log_decision(&decision);
         self.emit_attempt(&decision, status, protocol_version);
         if decision.is_terminal() {
             self.emit_call(&decision);
@@ -209,6 +221,59 @@ impl Inflight {
             self.backoff_before = Some((delay, source.as_str()));
         }
         decision
+    }
+
+    /// The operational log of a decision worth an operator's attention (a retry, a refusal, a failed call),
+    /// emitted with the attempt's context current so the OTLP log bridge stamps it with the call's trace ids.
+    /// These are `tracing` events, never evidence: they carry names and numbers only.
+    fn log_decision(&self, d: &Decision) {
+        use retrybudget_telemetry::names::{LOG_CALL_FAILED, LOG_REFUSED, LOG_RETRY};
+        let cx = self.attempt.as_ref().map_or(&self.call_cx, |(cx, _)| cx);
+        let _current = cx.clone().attach();
+        let route = self.labels.route.as_str();
+        let error_type = d.error_type.map(|e| e.as_str());
+        let error_type = error_type.as_deref().unwrap_or("");
+        match d.outcome {
+            None => tracing::debug!(
+                name: LOG_RETRY,
+                route,
+                attempt = d.attempt,
+                error_type,
+                decision = d.kind.as_str(),
+                delay_ms = d.delay.map_or(0, |t| t.as_millis() as u64),
+                "attempt failed; retrying after the delay"
+            ),
+            Some(_) if error_type == "validation_error" => tracing::info!(
+                name: LOG_REFUSED,
+                route,
+                error_type,
+                "request refused by local validation; it was not sent upstream"
+            ),
+            Some(
+                o @ (Outcome::FailedAfterRetry
+                | Outcome::BudgetExhausted
+                | Outcome::DeadlineExceeded
+                | Outcome::StreamInterrupted),
+            ) => tracing::warn!(
+                name: LOG_CALL_FAILED,
+                route,
+                outcome = o.as_str(),
+                attempts = d.attempt + 1,
+                error_type,
+                stop_reason = d.kind.stop_reason(),
+                "call failed"
+            ),
+            Some(o) if o.is_failure() => tracing::info!(
+                name: LOG_CALL_FAILED,
+                route,
+                outcome = o.as_str(),
+                attempts = d.attempt + 1,
+                error_type,
+                stop_reason = d.kind.stop_reason(),
+                "call failed without retry"
+            ),
+            Some(_) => {}
+        }
     }
 
     fn emit_attempt(

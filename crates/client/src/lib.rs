@@ -12,6 +12,7 @@
 mod error;
 mod inflight;
 mod stream;
+mod transport;
 mod types;
 
 use std::sync::Arc;
@@ -21,17 +22,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use opentelemetry::StringValue;
 use retrybudget_policy::{
     AttemptResult, FailureKind, Outcome, Policy, PolicyConfig, ResponseHead, peek_error_body,
 };
-use retrybudget_telemetry::{CallerRetry, ModelLabels, ResponseFacts, Telemetry};
+use retrybudget_telemetry::{CallLabels, CallerRetry, ModelLabels, ResponseFacts, Telemetry};
 use secrecy::{ExposeSecret as _, SecretString};
 
 pub use error::{CallError, ChatError, ClientError};
 pub use stream::{ChatStream, StreamError};
+pub use transport::Transport;
 pub use types::{ChatRequest, ChatResponse, Choice, Message, Usage};
 
 use inflight::Inflight;
+use transport::Direct;
 
 /// The route template of chat completions.
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
@@ -181,10 +185,11 @@ struct Inner {
     base: String,
     /// `base` as `url.full` may show it (see `redact_url`), without a trailing slash.
     redacted_base: Option<String>,
-    server_address: String,
+    /// Label values below are shared buffers (see `CallLabels`): built once per client, cloned per call for free.
+    server_address: StringValue,
     server_port: u16,
-    provider: String,
-    route: String,
+    provider: StringValue,
+    route: StringValue,
     api_key: Option<SecretString>,
     max_response_body: usize,
     /// The route's bounded model labels (metric labels and budget scopes).
@@ -248,10 +253,10 @@ impl Client {
                 redacted_base: retrybudget_telemetry::redact::redact_url(&base)
                     .map(|b| b.trim_end_matches('/').to_owned()),
                 base,
-                server_address,
+                server_address: CallLabels::shared(server_address),
                 server_port,
-                provider: config.provider_name,
-                route: config.route_name,
+                provider: CallLabels::shared(config.provider_name),
+                route: CallLabels::shared(config.route_name),
                 api_key: config.api_key,
                 max_response_body: config.max_response_body,
                 models: ModelLabels::new(config.max_models_per_route),
@@ -344,6 +349,17 @@ impl Client {
     /// Makes a logical call: attempts, decisions, backoff and evidence. Returns the final upstream response if
     /// one arrived (whatever its status), else the [`CallError`].
     pub async fn send(&self, request: RawRequest) -> Result<Exchange, CallError> {
+        let direct = Direct(&self.inner.http);
+        self.send_via(request, direct).await
+    }
+
+    /// [`Client::send`] with each attempt sent through `transport` — e.g. the rest of a `reqwest-middleware`
+    /// chain — instead of this client's own connection pool: the same policy, budget, spans and evidence.
+    pub async fn send_via<T: Transport>(
+        &self,
+        request: RawRequest,
+        mut transport: T,
+    ) -> Result<Exchange, CallError> {
         let mut run = Inflight::start(self, &request, false);
         if let Some(retry_after_secs) = run.refuse_unpaid_resend() {
             return Err(CallError {
@@ -357,7 +373,8 @@ impl Client {
         loop {
             let attempt_cx = run.begin_attempt();
             let timeout = run.attempt_timeout();
-            let attempt = self.attempt_once(&request, &attempt_cx, run.attempt_index());
+            let attempt =
+                self.attempt_once(&request, &attempt_cx, run.attempt_index(), &mut transport);
             let output = tokio::time::timeout(timeout, attempt)
                 .await
                 .unwrap_or(Output::Failed(FailureKind::Timeout));
@@ -439,18 +456,20 @@ impl Client {
         }
     }
 
-    async fn attempt_once(
+    async fn attempt_once<T: Transport>(
         &self,
         request: &RawRequest,
         cx: &opentelemetry::Context,
         attempt: u32,
+        transport: &mut T,
     ) -> Output {
         let inner = &self.inner;
         let mut headers = request.headers.clone();
         headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
-        if let Some(tp) =
-            retrybudget_telemetry::traceparent(cx).and_then(|v| HeaderValue::from_str(&v).ok())
+        // The formatted string becomes the header value's buffer (no second copy).
+        if let Some(tp) = retrybudget_telemetry::traceparent(cx)
+            .and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok())
         {
             headers.insert("traceparent", tp);
         }
@@ -463,20 +482,23 @@ impl Client {
             headers.insert(header::AUTHORIZATION, v);
         }
         let url = format!("{}{}", inner.base, request.path);
-        let sent = inner
+        let built = inner
             .http
             .request(request.method.clone(), url)
             .headers(headers)
             .body(request.body.clone())
-            .send()
-            .await;
-        let response = match sent {
-            Ok(r) => r,
+            .build();
+        let mut response = match built {
+            Ok(r) => match transport.send_attempt(r).await {
+                Ok(r) => r,
+                Err(kind) => return Output::Failed(kind),
+            },
             Err(e) => return Output::Failed(failure_kind(&e)),
         };
         let status = response.status();
         let version = protocol_version(response.version());
-        let headers = response.headers().clone();
+        // Taken, not cloned: the body below needs only the response's stream.
+        let headers = std::mem::take(response.headers_mut());
         // An upstream that ignores `stream` and answers JSON takes the buffered path, not the SSE one.
         let is_sse = headers
             .get(header::CONTENT_TYPE)
@@ -568,7 +590,9 @@ enum Output {
     Failed(FailureKind),
 }
 
-fn failure_kind(e: &reqwest::Error) -> FailureKind {
+/// What a transport error means to the policy (`connect_error`, `timeout`, `tls_error`, …), from the error's
+/// kind and source chain — never from its message, which contains the URL.
+pub fn failure_kind(e: &reqwest::Error) -> FailureKind {
     if e.is_timeout() {
         return FailureKind::Timeout;
     }

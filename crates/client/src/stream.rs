@@ -100,29 +100,36 @@ impl ChatStream {
         if !self.require_done {
             return;
         }
-        for &b in chunk {
-            if b == b'\n' {
-                self.line_done();
-            } else if self.line.len() < MAX_LINE {
-                self.line.push(b);
-            }
+        let mut rest = chunk;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            self.push_line(&rest[..end]);
+            self.line_done();
+            rest = &rest[end + 1..];
         }
+        self.push_line(rest);
     }
 
+    /// Appends to the current line, up to `MAX_LINE` bytes.
+    fn push_line(&mut self, bytes: &[u8]) {
+        let room = MAX_LINE.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// Handles one complete line. The line buffer is cleared, not replaced, so its capacity serves every
+    /// line of the stream (no allocation per chunk).
     fn line_done(&mut self) {
-        let line = std::mem::take(&mut self.line);
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        let data = data.trim_ascii();
-        if data == b"[DONE]" {
-            self.saw_done = true;
-        } else if let (Some(run), Ok(f)) = (
-            self.run.as_mut(),
-            serde_json::from_slice::<crate::Facts<'_>>(data),
-        ) {
-            f.merge_into(&mut run.facts);
+        if let Some(data) = self.line.strip_prefix(b"data:") {
+            let data = data.trim_ascii();
+            if data == b"[DONE]" {
+                self.saw_done = true;
+            } else if let (Some(run), Ok(f)) = (
+                self.run.as_mut(),
+                serde_json::from_slice::<crate::Facts<'_>>(data),
+            ) {
+                f.merge_into(&mut run.facts);
+            }
         }
+        self.line.clear();
     }
 
     fn finish(&mut self, result: &AttemptResult<'_>) {

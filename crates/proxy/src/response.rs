@@ -36,6 +36,8 @@ pub const OUTCOME_HEADER: &str = "x-retrybudget-outcome";
 pub const STREAM_INTERRUPTED_EVENT: &str = "data: {\"error\":{\"message\":\"upstream stream interrupted\",\"type\":\"upstream_error\",\"code\":\"stream_interrupted\"}}\n\n";
 
 const JSON: &str = "application/json";
+/// The SERVER span's name for chat completions (`{method} {route}`).
+const CHAT_SPAN_NAME: &str = "POST /v1/chat/completions";
 const INVALID_REQUEST: &str = "invalid_request_error";
 const UPSTREAM_ERROR: &str = "upstream_error";
 const RATE_LIMIT_ERROR: &str = "rate_limit_error";
@@ -440,12 +442,14 @@ impl ServerSpan {
             KeyValue::new(HTTP_REQUEST_METHOD, method),
             KeyValue::new(HTTP_ROUTE, route),
         ];
-        let cx = telemetry.start_span(
-            parent,
-            format!("{method} {route}"),
-            SpanKind::Server,
-            attributes,
-        );
+        // The common case as a static name: no string built per request.
+        let name: std::borrow::Cow<'static, str> =
+            if method == "POST" && route == retrybudget_client::CHAT_COMPLETIONS {
+                CHAT_SPAN_NAME.into()
+            } else {
+                format!("{method} {route}").into()
+            };
+        let cx = telemetry.start_span(parent, name, SpanKind::Server, attributes);
         ServerSpan { cx, ended: false }
     }
 
@@ -484,6 +488,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn the_static_chat_span_name_is_method_and_route() {
+        assert_eq!(
+            CHAT_SPAN_NAME,
+            format!("POST {}", retrybudget_client::CHAT_COMPLETIONS)
+        );
+    }
 
     #[test]
     fn relayed_headers() {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::trace::{Status, TraceContextExt};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 
 use crate::export::EVIDENCE;
 use crate::names::*;
@@ -20,29 +20,39 @@ use crate::pipeline::Telemetry;
 use crate::record::EvidenceRecord;
 
 /// The labels every event of one logical call shares.
+///
+/// The strings are [`StringValue`]s that share their buffer (`Arc<str>`, or a `&'static str`): one call copies
+/// them into a dozen span, metric, log and JSONL attributes, and each copy is then a reference count, not an
+/// allocation. Build them from an `Arc<str>` (see [`CallLabels::shared`]); a `String` converted directly would
+/// be copied on every clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallLabels {
     /// `retrybudget.route`, e.g. `cometapi_chat_completions`.
-    pub route: String,
+    pub route: StringValue,
     /// `gen_ai.provider.name`.
-    pub provider: String,
+    pub provider: StringValue,
     /// `gen_ai.request.model`.
-    pub model: String,
+    pub model: StringValue,
     /// Budget scope.
-    pub scope: String,
+    pub scope: StringValue,
     /// `server.address` of the upstream.
-    pub server_address: String,
+    pub server_address: StringValue,
     /// `server.port` of the upstream.
     pub server_port: u16,
     /// `url.template`, e.g. `/v1/chat/completions`.
-    pub url_template: Cow<'static, str>,
+    pub url_template: StringValue,
     /// `http.request.method`.
-    pub method: Cow<'static, str>,
+    pub method: StringValue,
     /// `gen_ai.operation.name` (see [`gen_ai_operation`]).
     pub operation: &'static str,
 }
 
 impl CallLabels {
+    /// A label value whose clones share one buffer.
+    pub fn shared(value: impl Into<std::sync::Arc<str>>) -> StringValue {
+        StringValue::from(value.into())
+    }
+
     /// The low-cardinality HTTP attributes every attempt shares (span and `http.client.request.duration`).
     pub fn http_attributes(&self) -> Vec<KeyValue> {
         vec![
@@ -188,8 +198,8 @@ impl AttemptEvent<'_> {
             rec.set_body(AnyValue::from(note));
             rec.set_trace_context(ctx.trace_id(), ctx.span_id(), Some(ctx.trace_flags()));
             rec.add_attribute(RB_ROUTE, l.route.clone());
-            rec.add_attribute(HTTP_REQUEST_METHOD, l.method.to_string());
-            rec.add_attribute(URL_TEMPLATE, l.url_template.to_string());
+            rec.add_attribute(HTTP_REQUEST_METHOD, l.method.clone());
+            rec.add_attribute(URL_TEMPLATE, l.url_template.clone());
             if let Some(s) = self.status {
                 rec.add_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(s));
             }
@@ -217,8 +227,8 @@ impl AttemptEvent<'_> {
                 environment: inner.environment.as_str().into(),
                 provider_route: l.route.as_str().into(),
                 model: l.model.as_str().into(),
-                http_method: Cow::Borrowed(&l.method),
-                http_route: Cow::Borrowed(&l.url_template),
+                http_method: Cow::Borrowed(l.method.as_str()),
+                http_route: Cow::Borrowed(l.url_template.as_str()),
                 http_status_code: self.status,
                 error_type: self.error_type.as_deref().map(Cow::Borrowed),
                 retry_attempt: self.attempt,

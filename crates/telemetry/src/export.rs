@@ -26,6 +26,10 @@ use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMe
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 
+/// The `tracing` target of export-failure events: an OTLP log bridge must filter it out (see the agent's
+/// `logging` module), so that a failing log exporter never logs into itself.
+pub const EXPORT_LOG_TARGET: &str = "retrybudget_telemetry::export";
+
 /// The signals whose losses are counted, in the order of [`Dropped`]'s counters.
 pub const SIGNALS: [&str; 4] = ["traces", "metrics", "logs", "evidence"];
 
@@ -168,8 +172,18 @@ pub(crate) struct Counted<E> {
 
 impl<E> Counted<E> {
     fn count(&self, signal: usize, n: usize, result: OTelSdkResult) -> OTelSdkResult {
-        if result.is_err() {
+        if let Err(e) = &result {
             self.dropped.add(signal, n as u64);
+            // An operational log on stderr. Its target is kept out of the OTLP log bridge (an export failure
+            // exported as a log could feed back into the failing exporter).
+            tracing::warn!(
+                name: crate::names::LOG_EXPORT_FAILED,
+                target: EXPORT_LOG_TARGET,
+                signal = SIGNALS.get(signal).copied().unwrap_or("unknown"),
+                items = n,
+                error = %e,
+                "telemetry export failed; the items are dropped and counted in retrybudget.telemetry.dropped"
+            );
         }
         result
     }

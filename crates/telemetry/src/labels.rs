@@ -8,7 +8,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use opentelemetry::StringValue;
 
 use crate::names::{MODEL_INVALID, MODEL_MAX_LEN, MODEL_OTHER, MODEL_UNKNOWN};
 
@@ -36,7 +38,8 @@ pub fn model_for_span(model: Option<&str>) -> Cow<'_, str> {
 #[derive(Debug)]
 pub struct ModelLabels {
     limit: usize,
-    seen: RwLock<HashSet<Box<str>>>,
+    /// Shared buffers: a known model's label is a reference count per call, not a copy.
+    seen: RwLock<HashSet<Arc<str>>>,
 }
 
 impl ModelLabels {
@@ -49,29 +52,30 @@ impl ModelLabels {
     }
 
     /// The label for `model`: the id itself, [`MODEL_INVALID`], [`MODEL_OTHER`] or [`MODEL_UNKNOWN`].
-    pub fn label(&self, model: Option<&str>) -> String {
+    pub fn label(&self, model: Option<&str>) -> StringValue {
         let model = match model {
-            None => return MODEL_UNKNOWN.to_owned(),
-            Some(m) if !model_is_valid(m) => return MODEL_INVALID.to_owned(),
+            None => return MODEL_UNKNOWN.into(),
+            Some(m) if !model_is_valid(m) => return MODEL_INVALID.into(),
             Some(m) => m,
         };
-        if self
+        if let Some(known) = self
             .seen
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(model)
+            .get(model)
         {
-            return model.to_owned();
+            return Arc::clone(known).into();
         }
         let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
-        if seen.contains(model) {
-            return model.to_owned();
+        if let Some(known) = seen.get(model) {
+            return Arc::clone(known).into();
         }
         if seen.len() >= self.limit {
-            return MODEL_OTHER.to_owned();
+            return MODEL_OTHER.into();
         }
-        seen.insert(model.into());
-        model.to_owned()
+        let label: Arc<str> = model.into();
+        seen.insert(Arc::clone(&label));
+        label.into()
     }
 
     /// Distinct model ids kept so far.
@@ -105,7 +109,7 @@ mod tests {
             "mödel",
             "a{b}",
         ] {
-            assert_eq!(labels.label(Some(bad)), MODEL_INVALID, "{bad:?}");
+            assert_eq!(labels.label(Some(bad)).as_str(), MODEL_INVALID, "{bad:?}");
             assert_eq!(model_for_span(Some(bad)), MODEL_INVALID, "{bad:?}");
         }
         let edge = "a".repeat(MODEL_MAX_LEN);
@@ -115,19 +119,23 @@ mod tests {
             "claude-3.5@2024:v1_x",
             edge.as_str(),
         ] {
-            assert_eq!(labels.label(Some(good)), good);
+            assert_eq!(labels.label(Some(good)).as_str(), good);
         }
-        assert_eq!(labels.label(None), MODEL_UNKNOWN);
+        assert_eq!(labels.label(None).as_str(), MODEL_UNKNOWN);
         assert_eq!(labels.len(), 4, "invalid ids take no place");
     }
 
     #[test]
     fn past_the_limit_new_ids_become_other() {
         let labels = ModelLabels::new(2);
-        assert_eq!(labels.label(Some("a")), "a");
-        assert_eq!(labels.label(Some("b")), "b");
-        assert_eq!(labels.label(Some("c")), MODEL_OTHER);
-        assert_eq!(labels.label(Some("a")), "a", "known ids keep their label");
+        assert_eq!(labels.label(Some("a")).as_str(), "a");
+        assert_eq!(labels.label(Some("b")).as_str(), "b");
+        assert_eq!(labels.label(Some("c")).as_str(), MODEL_OTHER);
+        assert_eq!(
+            labels.label(Some("a")).as_str(),
+            "a",
+            "known ids keep their label"
+        );
         assert_eq!(labels.len(), 2);
         assert_eq!(model_for_span(Some("c")), "c", "spans keep a valid id");
     }

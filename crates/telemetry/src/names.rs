@@ -152,6 +152,31 @@ pub const EVENT_ATTEMPT: &str = "retrybudget.attempt";
 /// Instrumentation scope of everything we emit.
 pub const SCOPE_NAME: &str = "retrybudget";
 
+// === operational log events (a separate stream: never evidence) ===
+// `tracing` event names, exported as the OTLP log records' event name by the log bridge (with its own, empty
+// instrumentation scope). None of them is `retrybudget.attempt`, so no count of evidence can include them.
+
+/// Prefix every operational log event name starts with.
+pub const LOG_PREFIX: &str = "retrybudget.log.";
+/// A process started (what listens where, whether OTLP is on).
+pub const LOG_STARTED: &str = "retrybudget.log.started";
+/// A process is stopping (signal received, draining).
+pub const LOG_STOPPING: &str = "retrybudget.log.stopping";
+/// A process stopped (and whether telemetry flushed in time).
+pub const LOG_STOPPED: &str = "retrybudget.log.stopped";
+/// The effective configuration (no secrets: only the names of variables holding them).
+pub const LOG_CONFIG: &str = "retrybudget.log.config";
+/// A telemetry export failed; its items were dropped and counted.
+pub const LOG_EXPORT_FAILED: &str = "retrybudget.log.export_failed";
+/// A request was refused before it left (local validation), inside its call's trace.
+pub const LOG_REFUSED: &str = "retrybudget.log.refused";
+/// An attempt failed and the call will retry after a delay, inside the attempt's trace.
+pub const LOG_RETRY: &str = "retrybudget.log.retry";
+/// A call ended in failure (budget exhausted, deadline, attempts exhausted, …), inside its trace.
+pub const LOG_CALL_FAILED: &str = "retrybudget.log.call_failed";
+/// Something the operator should know (a risky setting, a skipped input line).
+pub const LOG_WARNING: &str = "retrybudget.log.warning";
+
 // === metrics ===
 
 /// Per-attempt HTTP duration (semconv).

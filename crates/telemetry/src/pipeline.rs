@@ -385,6 +385,18 @@ impl Telemetry {
         self.inner.otlp
     }
 
+    /// The tracer of this pipeline, for an application's own spans (e.g. a `tracing-opentelemetry` layer), so
+    /// they are exported with ours and share their traces.
+    pub fn tracer(&self) -> SdkTracer {
+        self.inner.tracer.clone()
+    }
+
+    /// The OTLP logger provider, when OTLP is on: for a log bridge (`opentelemetry-appender-tracing`) that
+    /// exports operational logs next to the evidence records.
+    pub fn logger_provider(&self) -> Option<SdkLoggerProvider> {
+        self.inner.logger_provider.clone()
+    }
+
     /// Starts a span as a child of `parent` and returns the context holding it.
     pub fn start_span(
         &self,

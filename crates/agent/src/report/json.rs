@@ -9,7 +9,9 @@ use super::text::instant;
 
 /// The JSON report.
 pub(crate) fn render(s: &Summary, view: &View) -> Value {
-    let round = |x: f64| (x * 100.0).round() / 100.0;
+    // Rounded exactly as the text and HTML renderers print them (`{:.N}`), so a figure is the same number in all
+    // three views; `(x * 100.0).round()` rounds ties differently from `format!` and the views disagreed.
+    let fixed = |x: f64, digits: usize| format!("{x:.digits$}").parse::<f64>().unwrap_or(x);
     let f = &s.filters;
     let t = &s.timeline;
     let rows = |rows: &[CallRow]| -> Vec<Value> { rows.iter().map(|r| call(r, view)).collect() };
@@ -21,12 +23,12 @@ pub(crate) fn render(s: &Summary, view: &View) -> Value {
         "attempts": s.attempts,
         "attempts_by_decision": s.attempts_by_decision.0,
         "attempts_by_error_type": s.attempts_by_error_type.0,
-        "amplification": s.amplification().map(round),
-        "provider_amplification": s.provider_amplification().map(round),
+        "amplification": s.amplification().map(|a| fixed(a, 2)),
+        "provider_amplification": s.provider_amplification().map(|a| fixed(a, 2)),
         "upstream_attempts": s.upstream_attempts,
         "distinct_requests": s.distinct_requests(),
         "caller_retries": s.caller_retries.0,
-        "success_ratio": s.success_ratio().map(|r| (r * 10_000.0).round() / 10_000.0),
+        "success_ratio": s.success_ratio().map(|r| fixed(r, 4)),
         "budget_exhausted": {
             "first": s.budget_first.as_ref().map(|(_, t)| t),
             "last": s.budget_last.as_ref().map(|(_, t)| t),

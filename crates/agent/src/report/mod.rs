@@ -134,7 +134,8 @@ pub(crate) fn summarise(path: &Path, filters: Filters) -> anyhow::Result<Summary
     })?;
     let totals = first.finish();
     for m in totals.malformed.iter().take(MALFORMED_PRINTED as usize) {
-        eprintln!(
+        tracing::warn!(
+            name: retrybudget_telemetry::names::LOG_WARNING,
             "{}: line {}: malformed evidence record, skipped: {}",
             path.display(),
             m.line,
@@ -142,7 +143,8 @@ pub(crate) fn summarise(path: &Path, filters: Filters) -> anyhow::Result<Summary
         );
     }
     if totals.malformed_count > MALFORMED_PRINTED {
-        eprintln!(
+        tracing::warn!(
+            name: retrybudget_telemetry::names::LOG_WARNING,
             "{}: {} more malformed line(s) skipped",
             path.display(),
             totals.malformed_count - MALFORMED_PRINTED

@@ -377,8 +377,9 @@ impl InFlight {
                 self.evicted += 1;
             }
         }
-        // Finished calls leave stale entries in `order`; drop them before they outgrow the table.
-        if self.order.len() > 2 * MAX_IN_FLIGHT {
+        // Finished calls leave stale entries in `order`; drop them once they outnumber the live ones (amortised
+        // O(1)), so memory follows the calls actually in flight, not the lines read.
+        if self.order.len() > 2 * self.starts.len() + 4096 {
             let starts = &self.starts;
             self.order
                 .retain(|(seq, id)| starts.get(id).is_some_and(|(_, s)| s == seq));

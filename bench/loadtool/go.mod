@@ -1,0 +1,3 @@
+module retrybudget.invalid/bench/loadtool
+
+go 1.22
