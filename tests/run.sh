@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one test command (README, CONTRIBUTING and .ci/run all call this through `make test`).
 # It installs what the tests need when missing — Debian: prometheus (+ promtool), prometheus-alertmanager
-# (amtool), chromium; pip: pytest, pyyaml, openai, rotel, websocket-client; npm (tests/node): openai — then
-# runs, in order: formatting, clippy with warnings as errors, every Rust test in the workspace, and the Python
-# and Node tests that drive real components (the openai SDKs through the proxy; Prometheus evaluating every
+# (amtool), chromium; pip: pytest, pyyaml, openai, rotel, websocket-client; npm (tests/node): openai; Go: our
+# collector distribution and Jaeger from their pinned modules (collector-config/*/build.sh) — then runs, in
+# order: formatting, clippy with warnings as errors, every Rust test in the workspace, and the Python and Node
+# tests that drive real components (the openai SDKs through the proxy; Prometheus evaluating every
 # dashboard and rule query against a running demo; the HTML incident report in headless Chromium; evidence
 # file rotation under load).
 set -euo pipefail
@@ -40,6 +41,23 @@ promtool --version 2>&1 | head -1
 echo "rotel-agent: $ROTEL_AGENT"
 
 command -v node >/dev/null && command -v npm >/dev/null || { echo "missing Node.js/npm: needed for tests/node"; exit 1; }
+
+# The Go builds of the real collector distribution and Jaeger start now, in the background (nice), so they
+# overlap the Rust stages; their binaries are cached under ~/.cache/retrybudget keyed by go.mod/go.sum, so on the
+# same machine this is instant after the first run. A fresh machine builds both from the Go module proxy.
+command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || export PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null || { echo "missing Go (>= 1.26): needed to build the collector and Jaeger"; exit 1; }
+go version
+GO_BUILD_LOG="$(mktemp)"
+(
+  set -e
+  start=$SECONDS
+  collector-config/distribution/build.sh > "$GO_BUILD_LOG.otelcol"
+  echo "go: retrybudget-otelcol ready after $((SECONDS - start)) s"
+  collector-config/jaeger/build.sh > "$GO_BUILD_LOG.jaeger"
+  echo "go: jaeger ready after $((SECONDS - start)) s"
+) > "$GO_BUILD_LOG" 2>&1 &
+GO_BUILD_PID=$!
 
 for component in rustfmt clippy; do
   cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || { echo "missing the $component component of the Rust toolchain"; exit 1; }
@@ -79,5 +97,21 @@ $PY -m pytest -q -p no:cacheprovider tests/chain/test_evidence_rotation.py
 
 log "node: the official openai Node.js SDK through a running retrybudget proxy"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && node --test)
+
+log "go: the collector distribution and Jaeger (built in the background since the start)"
+if ! wait "$GO_BUILD_PID"; then
+  cat "$GO_BUILD_LOG"
+  echo "the Go builds failed (log above)"
+  exit 1
+fi
+cat "$GO_BUILD_LOG"
+RETRYBUDGET_OTELCOL="$(cat "$GO_BUILD_LOG.otelcol")"
+RETRYBUDGET_JAEGER="$(cat "$GO_BUILD_LOG.jaeger")"
+export RETRYBUDGET_OTELCOL RETRYBUDGET_JAEGER
+rm -f "$GO_BUILD_LOG" "$GO_BUILD_LOG.otelcol" "$GO_BUILD_LOG.jaeger"
+"$RETRYBUDGET_OTELCOL" --version
+
+log "python: the whole chain (proxy/demo -> collector agent -> gateway(s) -> Jaeger, Prometheus -> Alertmanager)"
+$PY -m pytest -q -s -p no:cacheprovider tests/chain/test_chain.py tests/chain/test_scaleout.py
 
 log "all stages passed"

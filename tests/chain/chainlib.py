@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal as signals
 import socket
 import subprocess
@@ -39,18 +40,44 @@ def binary(var: str) -> str:
     return path
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(count: int) -> list[int]:
+    """Free 127.0.0.1 ports BELOW the kernel's ephemeral range: the chain opens hundreds of outgoing connections,
+    and a port picked from the ephemeral range (as port 0 does) can be taken by one of them before the server that
+    was meant to get it binds it."""
+    low = max(1024, _ephemeral_range()[0] - 12000)
+    high = _ephemeral_range()[0]
     sockets, ports = [], []
     try:
-        for _ in range(count):
+        while len(ports) < count:
+            port = random.randrange(low, high)
+            if port in ports or port in _HANDED_OUT:
+                continue
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             sockets.append(s)
-            ports.append(s.getsockname()[1])
+            ports.append(port)
     finally:
         for s in sockets:
             s.close()
+    _HANDED_OUT.update(ports)
     return ports
+
+
+# Ports given out by this process: a port picked for a server that has not bound it yet is still free, so without
+# this two servers of one stack could be given the same port.
+_HANDED_OUT: set[int] = set()
 
 
 class Proc:
@@ -144,7 +171,9 @@ def wait_http_ok(url: str, timeout: float, procs: list[Proc] = ()) -> None:
 
 
 def chat(proxy: str, model: str = "fake-model", stream: bool = False, timeout: float = 60) -> tuple[int, bytes]:
-    body = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
+    # Each call a distinct request: byte-identical requests in flight at once are a caller's re-sends to the
+    # proxy (crates/proxy/src/caller.rs), which spend budget instead of being new traffic.
+    body = {"model": model, "messages": [{"role": "user", "content": f"hello {random.getrandbits(64):x}"}]}
     if stream:
         body["stream"] = True
     return http("POST", f"{proxy}/v1/chat/completions", body,
