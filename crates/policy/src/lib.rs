@@ -1,6 +1,6 @@
 //! The retry policy of retrybudget: *what* may be retried, *when* to try again, and *whether we can afford it*.
 //!
-//! This crate is the contract of `retry-semantics.md` in code. It is deliberately pure: no sockets, no sleeping,
+//! This crate is the contract of `docs/retry-semantics.md` in code. It is deliberately pure: no sockets, no sleeping,
 //! no async runtime and no global clock. Time ([`Duration`](std::time::Duration) since an origin the caller
 //! chooses) and randomness (a seed) are passed in, so every decision is reproducible in a test and every
 //! [`Decision`] carries the inputs that produced it, ready to be written down as evidence.

@@ -1,4 +1,4 @@
-//! Every telemetry name retrybudget writes, defined once (telemetry-contract.md).
+//! Every telemetry name retrybudget writes, defined once (`docs/telemetry-contract.md`).
 //!
 //! Stable HTTP names come from `opentelemetry-semantic-conventions`; the GenAI names are pinned here as released in
 //! semconv v1.41.1 (the crate marks them deprecated since they moved to their own repository, and we must not

@@ -3,7 +3,7 @@
 //! # Why this crate exists
 //!
 //! retrybudget's promise is *evidence*: every logical call leaves spans, metric points and an
-//! evidence log record behind (see `shared/design/telemetry-contract.md`). An exporter's
+//! evidence log record behind (see `docs/telemetry-contract.md`). An exporter's
 //! `shutdown()` or `force_flush()` returning `Ok` does not prove that anything arrived — the Rust
 //! OTLP exporters report success after a 404 in some paths. So our tests assert on what a
 //! receiver *actually decoded*, and this crate is that receiver: it speaks OTLP over gRPC (tonic)
