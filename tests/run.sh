@@ -69,6 +69,9 @@ cargo fmt --all -- --check
 log "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+log "cargo doc --workspace --no-deps (rustdoc warnings are errors)"
+RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps -q
+
 log "cargo test --workspace"
 cargo test --workspace
 

@@ -5,6 +5,9 @@
 //! ([`crate::config`]). Defaults are therefore written in the help text, not in `default_value`.
 //! Value *syntax* (a number, a duration, an address) is checked here; value *ranges* are checked once, after
 //! the layers are merged, so a bad value is reported the same way whichever layer it came from.
+// Doc comments on these structs are clap's help text (what `--help` prints), not rustdoc prose: brackets such as
+// `[required unless --self-test]` and bare URLs are meant literally.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

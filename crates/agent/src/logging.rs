@@ -5,7 +5,7 @@
 //! - **stderr**, as text or one JSON object a line (`--log-format`), filtered by `--log-level` (or
 //!   `RETRYBUDGET_LOG_LEVEL`), else `RUST_LOG`, else `info` — any `EnvFilter` directive is accepted;
 //! - **OTLP log records**, through the OpenTelemetry log bridge (`opentelemetry-appender-tracing`), once a
-//!   subcommand has started telemetry with OTLP on ([`attach_otlp`]). The SDK stamps each record with the
+//!   subcommand has started telemetry with OTLP on (`attach_otlp`). The SDK stamps each record with the
 //!   current OpenTelemetry context, so the events the client emits inside a call carry that call's trace ids.
 //!
 //! Why the bridge has its own filter: unfiltered, every hyper/h2/tonic/reqwest event would become a log record,

@@ -4,11 +4,11 @@
 //! rejecting never blocks a call. But losing evidence silently is not acceptable either. An item can be lost in
 //! three places, and each is counted in `retrybudget.telemetry.dropped{signal}`:
 //! - the export queue is full (a hanging collector holds the export thread for a whole timeout while calls keep
-//!   ending): [`Bounded`] keeps its own count of queued items and drops — and counts — what would not fit, because
+//!   ending): `Bounded` keeps its own count of queued items and drops — and counts — what would not fit, because
 //!   the SDK's batch processors drop silently (their counter is private and only logged at shutdown);
-//! - an export fails or times out (after the exporter's own retries, bounded by the export timeout): [`Counted`]
+//! - an export fails or times out (after the exporter's own retries, bounded by the export timeout): `Counted`
 //!   adds the batch's items (spans, log records, metric data points);
-//! - an item arrives after shutdown began: counted by [`Bounded`] instead of vanishing.
+//! - an item arrives after shutdown began: counted by `Bounded` instead of vanishing.
 //!
 //! This module must never block the emitting thread, and never count an item twice.
 
