@@ -9,7 +9,9 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{Context, KeyValue};
-use retrybudget_policy::{AttemptResult, BudgetDenied, Call, Decision, Outcome};
+use retrybudget_policy::{
+    AttemptResult, BudgetDenied, Call, Decision, DelaySource, ErrorType, Outcome,
+};
 use retrybudget_telemetry::labels::model_for_span;
 use retrybudget_telemetry::names::*;
 use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, CallerRetry, ResponseFacts};
@@ -24,7 +26,7 @@ pub(crate) struct Inflight {
     attempt: Option<(Context, Instant)>,
     started: Instant,
     url_full: Option<String>,
-    backoff_before: Option<(Duration, &'static str)>,
+    backoff_before: Option<(Duration, DelaySource)>,
     client_retry_count: Option<u32>,
     caller_retry: Option<CallerRetry>,
     /// A caller's re-send the shared budget refused: answered without any upstream attempt.
@@ -243,7 +245,7 @@ impl Inflight {
         if decision.is_terminal() {
             self.emit_call(&decision);
         } else if let (Some(delay), Some(source)) = (decision.delay, decision.delay_source) {
-            self.backoff_before = Some((delay, source.as_str()));
+            self.backoff_before = Some((delay, source));
         }
         decision
     }
@@ -268,7 +270,7 @@ impl Inflight {
                 delay_ms = d.delay.map_or(0, |t| t.as_millis() as u64),
                 "attempt failed; retrying after the delay"
             ),
-            Some(_) if error_type == "validation_error" => tracing::info!(
+            Some(_) if d.error_type == Some(ErrorType::ValidationError) => tracing::info!(
                 name: LOG_REFUSED,
                 route,
                 error_type,
@@ -310,13 +312,12 @@ impl Inflight {
         let Some((cx, started)) = self.attempt.take() else {
             return;
         };
-        let terminal = d.outcome.map(|o| (o.as_str(), o.client_result()));
         AttemptEvent {
             labels: &self.labels,
             attempt: d.attempt,
             status,
-            error_type: d.error_type.map(|e| e.as_str()),
-            decision: d.kind.as_str(),
+            error_type: d.error_type,
+            decision: d.kind,
             allowance_remaining: d.allowance_remaining,
             budget_balance: d.budget_balance,
             backoff_before: if d.attempt > 0 {
@@ -327,7 +328,7 @@ impl Inflight {
             retry_after: d.hint.map(|h| h.wait),
             duration: started.elapsed(),
             elapsed: d.elapsed,
-            terminal,
+            terminal: d.outcome,
             protocol_version,
             caller_retry: self.caller_retry,
         }
@@ -342,16 +343,15 @@ impl Inflight {
         let has_facts = self.facts.id.is_some() || self.facts.input_tokens.is_some();
         CallEvent {
             labels: &self.labels,
-            outcome: outcome.as_str(),
-            failed: outcome.is_failure(),
-            stop_reason: d.kind.stop_reason(),
+            outcome,
+            decision: d.kind,
             attempts: if self.refused { 0 } else { d.attempt + 1 },
             max_attempts: self.max_attempts,
             budget_balance: d.budget_balance,
             backoff_total,
             duration: self.started.elapsed(),
             error_type: if outcome.is_failure() {
-                d.error_type.map(|e| e.as_str())
+                d.error_type
             } else {
                 None
             },

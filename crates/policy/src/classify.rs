@@ -110,7 +110,11 @@ impl FailureKind {
             FailureKind::Connect | FailureKind::ConnectionReset | FailureKind::Timeout => {
                 Class::Transient
             }
-            _ => Class::Fatal,
+            FailureKind::Tls
+            | FailureKind::InvalidResponse
+            | FailureKind::StreamInterrupted
+            | FailureKind::Validation
+            | FailureKind::Other => Class::Fatal,
         }
     }
 }

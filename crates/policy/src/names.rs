@@ -120,7 +120,11 @@ impl Outcome {
         match self {
             Outcome::Success | Outcome::SuccessAfterRetry => "success",
             Outcome::Cancelled => "cancelled",
-            _ => "failure",
+            Outcome::FailedWithoutRetry
+            | Outcome::FailedAfterRetry
+            | Outcome::BudgetExhausted
+            | Outcome::DeadlineExceeded
+            | Outcome::StreamInterrupted => "failure",
         }
     }
 

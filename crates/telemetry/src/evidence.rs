@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue};
+use retrybudget_policy::{DecisionKind, DelaySource, ErrorType, Outcome};
 
 use crate::export::EVIDENCE;
 use crate::names::*;
@@ -74,23 +75,23 @@ pub struct AttemptEvent<'a> {
     /// HTTP status, if a response arrived.
     pub status: Option<u16>,
     /// `error.type`, absent on success.
-    pub error_type: Option<Cow<'static, str>>,
-    /// The decision's stable name.
-    pub decision: &'static str,
+    pub error_type: Option<ErrorType>,
+    /// What the policy decided after this attempt.
+    pub decision: DecisionKind,
     /// Retries the call may still make under its allowance.
     pub allowance_remaining: u32,
     /// The scope's shared budget balance after the decision.
     pub budget_balance: f64,
     /// Delay slept before this attempt, and where it came from.
-    pub backoff_before: Option<(Duration, &'static str)>,
+    pub backoff_before: Option<(Duration, DelaySource)>,
     /// The server's wait hint on this attempt's response.
     pub retry_after: Option<Duration>,
     /// How long the attempt took.
     pub duration: Duration,
     /// Time since the call started.
     pub elapsed: Duration,
-    /// Terminal outcome and client result, on the call's last attempt.
-    pub terminal: Option<(&'static str, &'static str)>,
+    /// The call's outcome, on its last attempt (the record's `terminal_outcome` and `client_result`).
+    pub terminal: Option<Outcome>,
     /// `network.protocol.version`, when known.
     pub protocol_version: Option<&'static str>,
     /// Set when the call is its caller's re-send (proxy mode): written to the evidence record.
@@ -104,11 +105,13 @@ impl AttemptEvent<'_> {
         let l = self.labels;
         let span = cx.span();
         let ctx = span.span_context().clone();
+        let decision = self.decision.as_str();
+        let error_type = self.error_type.map(ErrorType::as_str);
 
         // --- span attributes
         let mut attrs = vec![
             KeyValue::new(RB_ATTEMPT, i64::from(self.attempt)),
-            KeyValue::new(RB_DECISION, self.decision),
+            KeyValue::new(RB_DECISION, decision),
             KeyValue::new(
                 RB_BACKOFF_MS,
                 self.backoff_before.map_or(0, |(d, _)| d.as_millis() as i64),
@@ -123,11 +126,11 @@ impl AttemptEvent<'_> {
         if let Some(s) = self.status {
             attrs.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(s)));
         }
-        if let Some(e) = &self.error_type {
+        if let Some(e) = &error_type {
             attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
         }
         if let Some((_, source)) = self.backoff_before {
-            attrs.push(KeyValue::new(RB_DELAY_SOURCE, source));
+            attrs.push(KeyValue::new(RB_DELAY_SOURCE, source.as_str()));
         }
         if let Some(h) = self.retry_after {
             attrs.push(KeyValue::new(RB_RETRY_AFTER_MS, h.as_millis() as i64));
@@ -136,8 +139,8 @@ impl AttemptEvent<'_> {
             attrs.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, v));
         }
         span.set_attributes(attrs);
-        if self.error_type.is_some() {
-            span.set_status(Status::error(self.error_type.clone().unwrap_or_default()));
+        if let Some(e) = &error_type {
+            span.set_status(Status::error(e.clone()));
         }
 
         // --- metrics
@@ -146,10 +149,10 @@ impl AttemptEvent<'_> {
             KeyValue::new(RB_ROUTE, l.route.clone()),
             KeyValue::new(GEN_AI_PROVIDER_NAME, l.provider.clone()),
             KeyValue::new(GEN_AI_REQUEST_MODEL, l.model.clone()),
-            KeyValue::new(RB_DECISION, self.decision),
+            KeyValue::new(RB_DECISION, decision),
         ];
         let mut http_attrs = l.http_attributes();
-        if let Some(e) = &self.error_type {
+        if let Some(e) = &error_type {
             attempt_attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
             http_attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
         }
@@ -160,10 +163,10 @@ impl AttemptEvent<'_> {
         // A request refused by local validation never left: it has evidence, but no HTTP duration. Neither did
         // a caller's re-send the budget refused to pay for: stopped for the budget without any response or
         // transport error (every other budget stop follows a failed attempt).
-        let refused_resend = self.decision == "stop_budget_exhausted"
+        let refused_resend = self.decision == DecisionKind::StopBudgetExhausted
             && self.status.is_none()
             && self.error_type.is_none();
-        if self.error_type.as_deref() != Some("validation_error") && !refused_resend {
+        if self.error_type != Some(ErrorType::ValidationError) && !refused_resend {
             i.http_duration
                 .record(self.duration.as_secs_f64(), &http_attrs);
         }
@@ -172,11 +175,11 @@ impl AttemptEvent<'_> {
                 d.as_secs_f64(),
                 &[
                     KeyValue::new(RB_ROUTE, l.route.clone()),
-                    KeyValue::new(RB_DELAY_SOURCE, source),
+                    KeyValue::new(RB_DELAY_SOURCE, source.as_str()),
                 ],
             );
         }
-        if self.decision == "stop_budget_exhausted" {
+        if self.decision == DecisionKind::StopBudgetExhausted {
             i.budget_denied
                 .add(1, &[KeyValue::new(RB_SCOPE, l.scope.clone())]);
         }
@@ -184,7 +187,7 @@ impl AttemptEvent<'_> {
         // --- the evidence record: OTel log record and JSONL line
         let elapsed_bucket = elapsed_bucket(self.elapsed);
         let note = operator_note(self.decision);
-        let failed = matches!(self.terminal, Some((_, "failure")));
+        let failed = self.terminal.is_some_and(Outcome::is_failure);
         if let Some(logger) = &inner.logger {
             let mut rec = logger.create_log_record();
             rec.set_event_name(EVENT_ATTEMPT);
@@ -203,7 +206,7 @@ impl AttemptEvent<'_> {
             if let Some(s) = self.status {
                 rec.add_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(s));
             }
-            if let Some(e) = &self.error_type {
+            if let Some(e) = &error_type {
                 rec.add_attribute(ERROR_TYPE, e.to_string());
             }
             rec.add_attribute(RB_ATTEMPT, i64::from(self.attempt));
@@ -214,10 +217,10 @@ impl AttemptEvent<'_> {
                 self.backoff_before.map_or(0, |(d, _)| d.as_millis() as i64),
             );
             rec.add_attribute(RB_ELAPSED_BUCKET, elapsed_bucket);
-            rec.add_attribute(RB_DECISION, self.decision);
-            if let Some((outcome, client_result)) = self.terminal {
-                rec.add_attribute(RB_CLIENT_RESULT, client_result);
-                rec.add_attribute(RB_OUTCOME, outcome);
+            rec.add_attribute(RB_DECISION, decision);
+            if let Some(outcome) = self.terminal {
+                rec.add_attribute(RB_CLIENT_RESULT, outcome.client_result());
+                rec.add_attribute(RB_OUTCOME, outcome.as_str());
             }
             logger.emit(rec);
         }
@@ -230,16 +233,18 @@ impl AttemptEvent<'_> {
                 http_method: Cow::Borrowed(l.method.as_str()),
                 http_route: Cow::Borrowed(l.url_template.as_str()),
                 http_status_code: self.status,
-                error_type: self.error_type.as_deref().map(Cow::Borrowed),
+                error_type: error_type.as_deref().map(Cow::Borrowed),
                 retry_attempt: self.attempt,
                 retry_budget_remaining: self.allowance_remaining,
                 shared_budget_balance: (self.budget_balance * 1000.0).round() / 1000.0,
                 backoff_applied_ms: self.backoff_before.map_or(0, |(d, _)| d.as_millis() as u64),
-                delay_source: self.backoff_before.map(|(_, source)| source.into()),
+                delay_source: self
+                    .backoff_before
+                    .map(|(_, source)| source.as_str().into()),
                 elapsed_bucket: elapsed_bucket.into(),
-                decision: self.decision.into(),
-                client_result: self.terminal.map(|(_, r)| r.into()),
-                terminal_outcome: self.terminal.map(|(o, _)| o.into()),
+                decision: decision.into(),
+                client_result: self.terminal.map(|o| o.client_result().into()),
+                terminal_outcome: self.terminal.map(|o| o.as_str().into()),
                 caller_retry: self.caller_retry.map(|r| r.source.as_str().into()),
                 caller_attempt: self.caller_retry.map(|r| r.attempt),
                 operator_note: note.into(),
@@ -260,12 +265,10 @@ impl AttemptEvent<'_> {
 pub struct CallEvent<'a> {
     /// The call's labels.
     pub labels: &'a CallLabels,
-    /// Terminal outcome's stable name.
-    pub outcome: &'static str,
-    /// Whether the outcome is a failure (sets span status Error).
-    pub failed: bool,
-    /// Why retrying stopped (`None` on success).
-    pub stop_reason: Option<&'static str>,
+    /// How the call ended (a failure sets the span status Error).
+    pub outcome: Outcome,
+    /// The call's terminal decision: why retrying stopped, `done` on success.
+    pub decision: DecisionKind,
     /// Attempts made.
     pub attempts: u32,
     /// The allowance.
@@ -277,7 +280,7 @@ pub struct CallEvent<'a> {
     /// Call duration.
     pub duration: Duration,
     /// `error.type` of the final attempt, on failure.
-    pub error_type: Option<Cow<'static, str>>,
+    pub error_type: Option<ErrorType>,
     /// The caller's own retry count (proxy mode), when it sent one.
     pub client_retry_count: Option<u32>,
     /// Set when the request was its caller's re-send (proxy mode): how it was recognised.
@@ -307,14 +310,17 @@ impl CallEvent<'_> {
         let i = &telemetry.inner.instruments;
         let l = self.labels;
         let span = cx.span();
+        let outcome = self.outcome.as_str();
+        let failed = self.outcome.is_failure();
+        let error_type = self.error_type.map(ErrorType::as_str);
         let mut attrs = vec![
             KeyValue::new(RB_ATTEMPTS, i64::from(self.attempts)),
             KeyValue::new(RB_MAX_ATTEMPTS, i64::from(self.max_attempts)),
-            KeyValue::new(RB_OUTCOME, self.outcome),
+            KeyValue::new(RB_OUTCOME, outcome),
             KeyValue::new(RB_BUDGET_REMAINING, self.budget_balance),
             KeyValue::new(RB_BACKOFF_TOTAL_MS, self.backoff_total.as_millis() as i64),
         ];
-        if let Some(r) = self.stop_reason {
+        if let Some(r) = self.decision.stop_reason() {
             attrs.push(KeyValue::new(RB_STOP_REASON, r));
         }
         if let Some(n) = self.client_retry_count {
@@ -324,7 +330,7 @@ impl CallEvent<'_> {
             attrs.push(KeyValue::new(RB_CALLER_RETRY_SOURCE, r.source.as_str()));
             attrs.push(KeyValue::new(RB_CALLER_RETRY_ATTEMPT, i64::from(r.attempt)));
         }
-        if let Some(e) = &self.error_type {
+        if let Some(e) = &error_type {
             attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
         }
         let base = [
@@ -360,8 +366,8 @@ impl CallEvent<'_> {
             }
         }
         span.set_attributes(attrs);
-        if self.failed {
-            span.set_status(Status::error(self.outcome));
+        if failed {
+            span.set_status(Status::error(outcome));
         }
         let route = KeyValue::new(RB_ROUTE, l.route.clone());
         i.calls.add(
@@ -370,20 +376,18 @@ impl CallEvent<'_> {
                 route.clone(),
                 KeyValue::new(GEN_AI_PROVIDER_NAME, l.provider.clone()),
                 KeyValue::new(GEN_AI_REQUEST_MODEL, l.model.clone()),
-                KeyValue::new(RB_OUTCOME, self.outcome),
+                KeyValue::new(RB_OUTCOME, outcome),
             ],
         );
         i.call_attempts.record(
             u64::from(self.attempts),
-            &[route.clone(), KeyValue::new(RB_OUTCOME, self.outcome)],
+            &[route.clone(), KeyValue::new(RB_OUTCOME, outcome)],
         );
         let mut op_attrs = base.to_vec();
-        if self.failed {
+        if failed {
             op_attrs.push(KeyValue::new(
                 ERROR_TYPE,
-                self.error_type
-                    .clone()
-                    .unwrap_or(Cow::Borrowed(self.outcome)),
+                error_type.unwrap_or(Cow::Borrowed(outcome)),
             ));
         }
         i.operation_duration
@@ -404,19 +408,21 @@ impl CallEvent<'_> {
     }
 }
 
-/// Fixed, sanitised operator notes: never request or response content.
-pub fn operator_note(decision: &str) -> &'static str {
+/// Fixed, sanitised operator notes: never request or response content. One per decision, so a new decision
+/// does not compile until it has its note.
+pub fn operator_note(decision: DecisionKind) -> &'static str {
     match decision {
-        "retry" => "transient failure; retry scheduled after backoff",
-        "done" => "documented success response received",
-        "stop_non_retryable" => "failure class is not safe to retry; stopped",
-        "stop_attempts_exhausted" => "attempt allowance used up; stopped",
-        "stop_budget_exhausted" => "shared retry budget exhausted; retry denied",
-        "stop_deadline" => "retry would end past the call deadline; stopped",
-        "stop_retry_after_too_long" => "server asked for a wait beyond the limit; stopped",
-        "stop_committed" => "stream failed after first byte reached the caller; not retried",
-        "stop_cancelled" => "caller went away; attempt cancelled",
-        _ => "unrecognised decision",
+        DecisionKind::Retry => "transient failure; retry scheduled after backoff",
+        DecisionKind::Done => "documented success response received",
+        DecisionKind::StopNonRetryable => "failure class is not safe to retry; stopped",
+        DecisionKind::StopAttemptsExhausted => "attempt allowance used up; stopped",
+        DecisionKind::StopBudgetExhausted => "shared retry budget exhausted; retry denied",
+        DecisionKind::StopDeadline => "retry would end past the call deadline; stopped",
+        DecisionKind::StopRetryAfterTooLong => "server asked for a wait beyond the limit; stopped",
+        DecisionKind::StopCommitted => {
+            "stream failed after first byte reached the caller; not retried"
+        }
+        DecisionKind::StopCancelled => "caller went away; attempt cancelled",
     }
 }
 
@@ -459,12 +465,5 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-06-13T00:00:00.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn every_decision_has_a_note() {
-        for d in retrybudget_policy::DecisionKind::ALL {
-            assert_ne!(operator_note(d.as_str()), "unrecognised decision", "{d}");
-        }
     }
 }
