@@ -658,7 +658,7 @@ pub(crate) async fn run(
         let doc = json!({
             "tool": "retrybudget smoke",
             "version": env!("CARGO_PKG_VERSION"),
-            "started_at": retrybudget_telemetry::evidence::rfc3339(started),
+            "started_at": retrybudget_telemetry::timestamp::rfc3339(started),
             "target": target,
             "model": ctx.model,
             "self_test": self_test,
