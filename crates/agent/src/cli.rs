@@ -293,10 +293,10 @@ pub struct ReportArgs {
     #[arg(long, env = "RETRYBUDGET_TRACE_URL", value_name = "TEMPLATE")]
     pub trace_url: Option<String>,
     /// Only records at or after this RFC 3339 UTC instant, e.g. 2026-06-13T14:05:00Z
-    #[arg(long, value_name = "TIME", value_parser = crate::report::parse_instant)]
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
     pub since: Option<i64>,
     /// Only records before this RFC 3339 UTC instant
-    #[arg(long, value_name = "TIME", value_parser = crate::report::parse_instant)]
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
     pub until: Option<i64>,
     /// Only records of this provider route (provider_route)
     #[arg(long, value_name = "NAME")]
@@ -344,6 +344,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// Parses `--since`/`--until`: an RFC 3339 UTC instant, as in the evidence file.
+pub(crate) fn parse_instant(text: &str) -> Result<i64, String> {
+    retrybudget_telemetry::timestamp::parse_rfc3339_ms(text.trim()).ok_or_else(|| {
+        format!("{text:?} is not an RFC 3339 UTC instant; write it as in the evidence file, e.g. 2026-06-13T14:05:00Z")
+    })
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ async fn check_once(client: &Client, model: &str) {
     client.telemetry().record_probe(CHECK, ok, took);
     println!(
         "{} probe {CHECK} {} in {} ms: {detail}",
-        retrybudget_telemetry::evidence::rfc3339(std::time::SystemTime::now()),
+        retrybudget_telemetry::timestamp::rfc3339(std::time::SystemTime::now()),
         if ok { "PASS" } else { "FAIL" },
         took.as_millis()
     );

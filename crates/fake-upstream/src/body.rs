@@ -1,5 +1,6 @@
-//! The response body: either one ready buffer (the fast path) or a short script of data, pauses
-//! and an abort (SSE streams and mid-body faults).
+//! Bodies in and out. Out: the response body, either one ready buffer (the fast path) or a short script of
+//! data, pauses and an abort (SSE streams and mid-body faults). In: a request body read whole, under a limit.
+//! Both the `/v1/*` answers (`server`) and the control API (`control`) use them.
 //!
 //! An abort is a body error; hyper reacts to it by tearing the connection down, which is exactly
 //! what a client sees when an upstream dies mid-answer.
@@ -10,9 +11,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
+
+pub(crate) const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Error a scripted body yields to make hyper abort the connection.
 #[derive(Debug, thiserror::Error)]
@@ -94,4 +100,54 @@ impl Body for FakeBody {
             FakeBody::Scripted { .. } => SizeHint::default(),
         }
     }
+}
+
+/// Why a request body could not be read.
+pub(crate) enum ReadError {
+    /// More than the limit (bytes seen so far, or the declared length).
+    TooLarge(usize),
+    /// The client went away or sent a broken body.
+    Broken,
+}
+
+/// Reads a whole body, up to `limit` bytes, without copying when it arrives in one frame.
+pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ReadError> {
+    let declared = body.size_hint().lower();
+    if declared > limit as u64 {
+        return Err(ReadError::TooLarge(
+            usize::try_from(declared).unwrap_or(usize::MAX),
+        ));
+    }
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ReadError::Broken)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing we need
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > limit {
+            return Err(ReadError::TooLarge(seen));
+        }
+        if let Some(buf) = joined.as_mut() {
+            buf.extend_from_slice(&data);
+        } else if let Some(head) = first.take() {
+            let mut buf = BytesMut::with_capacity(head.len() + data.len());
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(&data);
+            joined = Some(buf);
+        } else {
+            first = Some(data);
+        }
+    }
+    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
+}
+
+/// A JSON answer.
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response<FakeBody> {
+    let mut resp = Response::new(FakeBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, APPLICATION_JSON);
+    resp
 }

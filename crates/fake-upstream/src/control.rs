@@ -10,8 +10,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::body::FakeBody;
-use crate::server::{ReadError, json_response, read_body};
+use crate::body::{FakeBody, ReadError, json_response, read_body};
 use crate::state::{RecordedRequest, Shared};
 use crate::step::{LoadMode, Step, StepError};
 

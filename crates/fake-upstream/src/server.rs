@@ -10,18 +10,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::body::{FakeBody, Seg};
+use crate::body::{APPLICATION_JSON, FakeBody, ReadError, Seg, json_response, read_body};
 use crate::control;
 use crate::openai::{self, AnswerMeta, ChatRequest};
 use crate::state::Shared;
@@ -30,7 +29,6 @@ use crate::step::{Fault, Step, is_framing_header};
 /// Largest `/v1/*` request body the fake reads; larger ones get a 400.
 pub const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
 
-const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -99,56 +97,6 @@ async fn handle(
             ),
         ))
     }
-}
-
-/// Why a request body could not be read.
-pub(crate) enum ReadError {
-    /// More than the limit (bytes seen so far, or the declared length).
-    TooLarge(usize),
-    /// The client went away or sent a broken body.
-    Broken,
-}
-
-/// Reads a whole body, up to `limit` bytes, without copying when it arrives in one frame.
-pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ReadError> {
-    let declared = body.size_hint().lower();
-    if declared > limit as u64 {
-        return Err(ReadError::TooLarge(
-            usize::try_from(declared).unwrap_or(usize::MAX),
-        ));
-    }
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ReadError::Broken)?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers carry nothing we need
-        };
-        seen = seen.saturating_add(data.len());
-        if seen > limit {
-            return Err(ReadError::TooLarge(seen));
-        }
-        if let Some(buf) = joined.as_mut() {
-            buf.extend_from_slice(&data);
-        } else if let Some(head) = first.take() {
-            let mut buf = BytesMut::with_capacity(head.len() + data.len());
-            buf.extend_from_slice(&head);
-            buf.extend_from_slice(&data);
-            joined = Some(buf);
-        } else {
-            first = Some(data);
-        }
-    }
-    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
-}
-
-/// A JSON answer.
-pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response<FakeBody> {
-    let mut resp = Response::new(FakeBody::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, APPLICATION_JSON);
-    resp
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -43,16 +43,16 @@ use http_body_util::BodyExt as _;
 use retrybudget_client::{
     CallError, Client, Exchange, ExchangeBody, RawRequest, ResponseBody, Transport,
 };
-use retrybudget_policy::FailureKind;
+use retrybudget_policy::{FailureKind, routes};
 
 pub use retrybudget_client;
 
 /// The OpenAI-compatible routes (path templates under the base URL) that get the policy.
 pub const ROUTES: [&str; 4] = [
-    "/v1/chat/completions",
-    "/v1/responses",
-    "/v1/completions",
-    "/v1/embeddings",
+    routes::CHAT_COMPLETIONS,
+    routes::RESPONSES,
+    routes::COMPLETIONS,
+    routes::EMBEDDINGS,
 ];
 
 /// A `reqwest-middleware` middleware that runs OpenAI-compatible calls through a retrybudget [`Client`].

@@ -32,70 +32,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::config::ConfigError;
+pub use crate::config::BudgetConfig;
 
 /// Number of time slots the `ttl` window is divided into.
 pub const SLOTS: usize = 10;
 /// One token (one retry) in the rings' unit, micro-tokens.
 const UNIT: i64 = 1_000_000;
 
-/// Settings of the shared budget.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BudgetConfig {
-    /// Tokens each first attempt deposits (default 0.1: retries may add 10 % to traffic).
-    pub ratio: f64,
-    /// How long a deposit stays spendable (default 10 s).
-    pub ttl: Duration,
-    /// Retries per second always available to the whole process, whatever the traffic and the number of
-    /// scopes (default 1).
-    pub min_retries_per_sec: f64,
-}
-
-impl Default for BudgetConfig {
-    fn default() -> Self {
-        BudgetConfig {
-            ratio: 0.1,
-            ttl: Duration::from_secs(10),
-            min_retries_per_sec: 1.0,
-        }
-    }
-}
-
-impl BudgetConfig {
-    /// Checks the settings; errors name the flag-style setting (`budget_ratio`, …).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(0.0..=1.0).contains(&self.ratio) {
-            return Err(ConfigError::new(
-                "budget_ratio",
-                self.ratio,
-                "a number from 0.0 to 1.0",
-            ));
-        }
-        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&self.ttl) {
-            return Err(ConfigError::new(
-                "budget_ttl",
-                self.ttl,
-                "a duration from 100ms to 1h",
-            ));
-        }
-        if !(0.0..=1_000_000.0).contains(&self.min_retries_per_sec) {
-            return Err(ConfigError::new(
-                "budget_min_retries_per_sec",
-                self.min_retries_per_sec,
-                "a number from 0 to 1000000",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The floor's reserve: `min_retries_per_sec × ttl`, in tokens.
-    pub fn reserve(&self) -> f64 {
-        self.min_retries_per_sec * self.ttl.as_secs_f64()
-    }
-
-    fn slot_nanos(&self) -> u128 {
-        (self.ttl.as_nanos() / SLOTS as u128).max(1)
-    }
+/// How long one slot of a ring covers: `ttl / SLOTS`, at least 1 ns.
+fn slot_nanos(config: &BudgetConfig) -> u128 {
+    (config.ttl.as_nanos() / SLOTS as u128).max(1)
 }
 
 /// Tokens to micro-tokens, rounding down so that rounding can never grant more than the setting says.
@@ -176,7 +122,7 @@ impl Floor {
     pub fn new(config: &BudgetConfig) -> Self {
         Floor {
             reserve: micro_floor(config.reserve()),
-            slot_nanos: config.slot_nanos(),
+            slot_nanos: slot_nanos(config),
             ring: Mutex::new(Ring::new()),
         }
     }
@@ -233,7 +179,7 @@ impl Budget {
         Budget {
             scope: scope.into(),
             deposit: micro_floor(config.ratio),
-            slot_nanos: config.slot_nanos(),
+            slot_nanos: slot_nanos(config),
             ring: Mutex::new(Ring::new()),
             floor,
             denied: AtomicU64::new(0),

@@ -22,7 +22,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use crate::hints::{self, Hint};
+use crate::hints::{self, DelaySource, Hint};
 
 /// Header names the policy reads. Lowercase, as HTTP/2 and hyper spell them.
 pub mod header {
@@ -217,9 +217,49 @@ impl<'a> ResponseHead<'a> {
         self
     }
 
-    /// The server's wait hint, if any header carries a usable one. `wall_now` resolves HTTP-dates.
+    /// The server's wait hint, if any header carries a usable one; `wall_now` resolves HTTP-dates.
+    ///
+    /// The first usable of `retry-after-ms`, then `retry-after`, then (on 429 only, where OpenAI's reset headers
+    /// describe the exhausted window) the earlier of the two reset headers. Unparsable values are skipped (the
+    /// parsing is [`hints`]'s); a zero wait from the first usable header means "normal backoff" and is returned
+    /// as such.
     pub fn hint(&self, wall_now: SystemTime) -> Option<Hint> {
-        hints::pick(self, wall_now)
+        if let Some(wait) = self.retry_after_ms.and_then(hints::parse_millis) {
+            return Some(Hint {
+                wait,
+                source: DelaySource::RetryAfterMs,
+            });
+        }
+        if let Some(wait) = self
+            .retry_after
+            .and_then(|v| hints::parse_retry_after(v, wall_now))
+        {
+            return Some(Hint {
+                wait,
+                source: DelaySource::RetryAfter,
+            });
+        }
+        if self.status == 429 {
+            let requests = self
+                .ratelimit_reset_requests
+                .and_then(hints::parse_go_duration);
+            let tokens = self
+                .ratelimit_reset_tokens
+                .and_then(hints::parse_go_duration);
+            // The earliest window reset: OpenAI sends both on every 429, and the token window's time to a *full*
+            // refill (`6m0s`) says little about when the next request may pass.
+            let earliest = match (requests, tokens) {
+                (Some(r), Some(t)) => Some(r.min(t)),
+                (r, t) => r.or(t),
+            };
+            if let Some(wait) = earliest {
+                return Some(Hint {
+                    wait,
+                    source: DelaySource::RatelimitReset,
+                });
+            }
+        }
+        None
     }
 }
 
@@ -573,5 +613,49 @@ mod tests {
         assert_eq!(h.ratelimit_reset_tokens, Some("6m0s"));
         assert_eq!(h.should_retry, Some("true"));
         assert_eq!(h.retry_after_ms, None);
+    }
+
+    #[test]
+    fn hint_precedence_and_429_only_reset() {
+        let mut h = ResponseHead::status(429);
+        h.retry_after = Some("3");
+        h.retry_after_ms = Some("1500");
+        h.ratelimit_reset_requests = Some("20s");
+        assert_eq!(
+            h.hint(SystemTime::UNIX_EPOCH),
+            Some(Hint {
+                wait: Duration::from_millis(1500),
+                source: DelaySource::RetryAfterMs
+            })
+        );
+        h.retry_after_ms = Some("garbage");
+        assert_eq!(
+            h.hint(SystemTime::UNIX_EPOCH),
+            Some(Hint {
+                wait: Duration::from_secs(3),
+                source: DelaySource::RetryAfter
+            })
+        );
+        h.retry_after = None;
+        h.ratelimit_reset_tokens = Some("6m0s");
+        let reset = |secs| {
+            Some(Hint {
+                wait: Duration::from_secs(secs),
+                source: DelaySource::RatelimitReset,
+            })
+        };
+        assert_eq!(
+            h.hint(SystemTime::UNIX_EPOCH),
+            reset(20),
+            "the earlier window reset"
+        );
+        h.ratelimit_reset_requests = None;
+        assert_eq!(h.hint(SystemTime::UNIX_EPOCH), reset(360));
+        h.status = 503;
+        assert_eq!(
+            h.hint(SystemTime::UNIX_EPOCH),
+            None,
+            "reset headers describe rate-limit windows, read on 429 only"
+        );
     }
 }

@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use crate::budget::BudgetConfig;
-
 /// Everything that shapes retry decisions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyConfig {
@@ -37,6 +35,61 @@ impl Default for PolicyConfig {
             per_attempt_timeout: None,
             budget: BudgetConfig::default(),
         }
+    }
+}
+
+/// Settings of the shared budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetConfig {
+    /// Tokens each first attempt deposits (default 0.1: retries may add 10 % to traffic).
+    pub ratio: f64,
+    /// How long a deposit stays spendable (default 10 s).
+    pub ttl: Duration,
+    /// Retries per second always available to the whole process, whatever the traffic and the number of
+    /// scopes (default 1).
+    pub min_retries_per_sec: f64,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            ratio: 0.1,
+            ttl: Duration::from_secs(10),
+            min_retries_per_sec: 1.0,
+        }
+    }
+}
+
+impl BudgetConfig {
+    /// Checks the settings; errors name the flag-style setting (`budget_ratio`, …).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.ratio) {
+            return Err(ConfigError::new(
+                "budget_ratio",
+                self.ratio,
+                "a number from 0.0 to 1.0",
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&self.ttl) {
+            return Err(ConfigError::new(
+                "budget_ttl",
+                self.ttl,
+                "a duration from 100ms to 1h",
+            ));
+        }
+        if !(0.0..=1_000_000.0).contains(&self.min_retries_per_sec) {
+            return Err(ConfigError::new(
+                "budget_min_retries_per_sec",
+                self.min_retries_per_sec,
+                "a number from 0 to 1000000",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The floor's reserve: `min_retries_per_sec × ttl`, in tokens.
+    pub fn reserve(&self) -> f64 {
+        self.min_retries_per_sec * self.ttl.as_secs_f64()
     }
 }
 

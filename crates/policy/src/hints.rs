@@ -3,10 +3,11 @@
 //!
 //! Header values come from the network, so every parser here takes any string and either yields a
 //! duration or ignores the value. None of them may panic, overflow or loop; property tests feed them garbage.
+//!
+//! A leaf, as linkerd keeps its retry-after parsing: pure parsing, no classification. Which header wins is
+//! decided by [`ResponseHead::hint`](crate::ResponseHead::hint).
 
 use std::time::{Duration, SystemTime};
-
-use crate::classify::ResponseHead;
 
 /// Longest wait a hint can express; anything longer is clamped here (and then stops retrying as too long).
 pub const MAX_HINT: Duration = Duration::from_secs(1_000_000_000);
@@ -51,44 +52,6 @@ pub struct Hint {
     pub wait: Duration,
     /// Which header said so.
     pub source: DelaySource,
-}
-
-/// Picks the hint to honour: `retry-after-ms`, then `retry-after`, then (on 429 only, where OpenAI's reset
-/// headers describe the exhausted window) the earlier of the two reset headers. Unparsable values are skipped;
-/// a zero wait from the first usable header means "normal backoff" and is returned as such.
-pub(crate) fn pick(head: &ResponseHead<'_>, wall_now: SystemTime) -> Option<Hint> {
-    if let Some(wait) = head.retry_after_ms.and_then(parse_millis) {
-        return Some(Hint {
-            wait,
-            source: DelaySource::RetryAfterMs,
-        });
-    }
-    if let Some(wait) = head
-        .retry_after
-        .and_then(|v| parse_retry_after(v, wall_now))
-    {
-        return Some(Hint {
-            wait,
-            source: DelaySource::RetryAfter,
-        });
-    }
-    if head.status == 429 {
-        let requests = head.ratelimit_reset_requests.and_then(parse_go_duration);
-        let tokens = head.ratelimit_reset_tokens.and_then(parse_go_duration);
-        // The earliest window reset: OpenAI sends both on every 429, and the token window's time to a *full*
-        // refill (`6m0s`) says little about when the next request may pass.
-        let earliest = match (requests, tokens) {
-            (Some(r), Some(t)) => Some(r.min(t)),
-            (r, t) => r.or(t),
-        };
-        if let Some(wait) = earliest {
-            return Some(Hint {
-                wait,
-                source: DelaySource::RatelimitReset,
-            });
-        }
-    }
-    None
 }
 
 /// `retry-after-ms`: a non-negative number of milliseconds, fractions allowed.
@@ -250,45 +213,5 @@ mod tests {
             Some(Duration::from_nanos(1500))
         );
         assert_eq!(parse_go_duration("2µs"), Some(Duration::from_micros(2)));
-    }
-
-    #[test]
-    fn precedence_and_429_only_reset() {
-        let mut h = ResponseHead::status(429);
-        h.retry_after = Some("3");
-        h.retry_after_ms = Some("1500");
-        h.ratelimit_reset_requests = Some("20s");
-        assert_eq!(
-            pick(&h, wall()),
-            Some(Hint {
-                wait: Duration::from_millis(1500),
-                source: DelaySource::RetryAfterMs
-            })
-        );
-        h.retry_after_ms = Some("garbage");
-        assert_eq!(
-            pick(&h, wall()),
-            Some(Hint {
-                wait: Duration::from_secs(3),
-                source: DelaySource::RetryAfter
-            })
-        );
-        h.retry_after = None;
-        h.ratelimit_reset_tokens = Some("6m0s");
-        let reset = |secs| {
-            Some(Hint {
-                wait: Duration::from_secs(secs),
-                source: DelaySource::RatelimitReset,
-            })
-        };
-        assert_eq!(pick(&h, wall()), reset(20), "the earlier window reset");
-        h.ratelimit_reset_requests = None;
-        assert_eq!(pick(&h, wall()), reset(360));
-        h.status = 503;
-        assert_eq!(
-            pick(&h, wall()),
-            None,
-            "reset headers describe rate-limit windows, read on 429 only"
-        );
     }
 }

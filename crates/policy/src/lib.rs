@@ -37,13 +37,14 @@ pub mod hints;
 mod names;
 pub mod repeatable;
 pub mod resend;
+pub mod routes;
 pub mod sim;
 
 pub use backoff::{Random, SplitMix64};
-pub use budget::{Balance, Budget, BudgetConfig, Budgets, Floor};
+pub use budget::{Balance, Budget, Budgets, Floor};
 pub use call::{Call, Decision, Policy};
 pub use classify::{AttemptResult, Class, ErrorType, FailureKind, ResponseHead, peek_error_body};
-pub use config::{ConfigError, PolicyConfig};
+pub use config::{BudgetConfig, ConfigError, PolicyConfig};
 pub use hints::{DelaySource, Hint};
 pub use names::{DecisionKind, Outcome};
 pub use resend::BudgetDenied;

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use crate::TelemetryError;
 use crate::export::{Dropped, EVIDENCE};
-use crate::pipeline::Telemetry;
 
 /// Bytes of evidence waiting to be written; beyond this, lines are dropped and counted rather than growing memory.
 pub const EVIDENCE_PENDING_LIMIT: usize = 8 << 20;
@@ -295,24 +294,6 @@ impl EvidenceWriter {
             let _ = t.join();
         }
         self.shared.drain();
-    }
-}
-
-impl Telemetry {
-    /// Writes every evidence line emitted so far to the file. True if that worked, or if there is no file.
-    pub fn flush_evidence(&self) -> bool {
-        self.inner
-            .evidence
-            .as_ref()
-            .is_none_or(EvidenceWriter::flush)
-    }
-
-    /// Reopens the evidence file by its path, e.g. on SIGHUP after `logrotate` renamed it. Returns at once: the
-    /// writer thread reopens before its next write, so lines emitted until then land in the renamed file.
-    pub fn reopen_evidence(&self) {
-        if let Some(e) = &self.inner.evidence {
-            e.reopen();
-        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! - [`evidence`]: [`AttemptEvent`] and [`CallEvent`], whose one `emit` writes span attributes, log record,
 //!   metrics and evidence line together.
 //! - [`record`]: [`EvidenceRecord`], the JSONL evidence line: written by the evidence writer, read by
-//!   `retrybudget report` and `smoke`.
+//!   `retrybudget report` and `smoke`; [`timestamp`]: its RFC 3339 time format, both ways.
 //!
 //! This crate must never record content: no API key, prompt, completion, full body or upstream error message
 //! ever reaches an event type, so none can reach an exporter.
@@ -24,6 +24,7 @@ mod pipeline;
 mod propagation;
 pub mod record;
 pub mod redact;
+pub mod timestamp;
 
 pub use config::{OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use evidence::{AttemptEvent, CallEvent, CallLabels, ResponseFacts};
@@ -31,7 +32,7 @@ pub use evidence_file::EvidenceRotation;
 pub use labels::ModelLabels;
 pub use nested::{CallerRetry, CallerRetrySource};
 pub use pipeline::Telemetry;
-pub use propagation::{extract_traceparent, traceparent};
+pub use propagation::{TRACEPARENT, extract_traceparent, traceparent};
 pub use record::EvidenceRecord;
 
 /// Why the telemetry pipeline could not start.

@@ -23,7 +23,7 @@ use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider}
 
 use crate::TelemetryError;
 use crate::config::{OtlpProtocol, TelemetryConfig};
-use crate::evidence::EvidenceWriter;
+use crate::evidence_file::EvidenceWriter;
 use crate::export::{Bounded, Counted, Dropped, LOGS, Queue, SIGNALS, TRACES};
 use crate::names::*;
 
@@ -413,6 +413,22 @@ impl Telemetry {
             .with_attributes(attributes)
             .start_with_context(&self.inner.tracer, parent);
         parent.with_span(span)
+    }
+
+    /// Writes every evidence line emitted so far to the file. True if that worked, or if there is no file.
+    pub fn flush_evidence(&self) -> bool {
+        self.inner
+            .evidence
+            .as_ref()
+            .is_none_or(EvidenceWriter::flush)
+    }
+
+    /// Reopens the evidence file by its path, e.g. on SIGHUP after `logrotate` renamed it. Returns at once: the
+    /// writer thread reopens before its next write, so lines emitted until then land in the renamed file.
+    pub fn reopen_evidence(&self) {
+        if let Some(e) = &self.inner.evidence {
+            e.reopen();
+        }
     }
 
     /// Flushes and shuts everything down, waiting at most `timeout` in total. Returns whether it all completed

@@ -13,6 +13,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use crate::timestamp::parse_rfc3339_ms;
+
 /// One line of the JSONL evidence file, in the runbook's field order.
 ///
 /// Readers ignore fields they do not know (a newer writer may add some); every field without
@@ -164,60 +166,6 @@ impl<'a> EvidenceRecord<'a> {
     }
 }
 
-/// Milliseconds since the Unix epoch of an RFC 3339 UTC timestamp (`Z` or `+00:00`, optional fraction).
-pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |from: usize, to: usize| -> Option<i64> {
-        let s = text.get(from..to)?;
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())?
-    };
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    if second > 60 {
-        return None;
-    }
-    let mut rest = &text[19..];
-    let mut millis = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        for (i, c) in frac
-            .bytes()
-            .take(3)
-            .take_while(u8::is_ascii_digit)
-            .enumerate()
-        {
-            millis += i64::from(c - b'0') * [100, 10, 1][i];
-        }
-        rest = &frac[digits..];
-    }
-    if !matches!(rest, "Z" | "z" | "+00:00" | "-00:00") {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -271,30 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_rfc3339() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00.000Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_ms("2026-06-13T00:00:00.123Z"),
-            Some(1_781_308_800_123)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2000-02-29T00:00:00Z"),
-            Some(951_782_400_000)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2000-02-29T00:00:01.5+00:00"),
-            Some(951_782_401_500)
-        );
-        for bad in [
-            "",
-            "2026-06-13",
-            "2026-13-01T00:00:00Z",
-            "2026-06-13T00:00:00",
-            "x026-06-13T00:00:00Z",
-            "2026-06-13T00:00:00.Z",
-        ] {
-            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
-        }
+    fn timestamp_in_milliseconds() {
         let r = EvidenceRecord::parse(LINE).unwrap();
         assert_eq!(r.timestamp_ms().unwrap(), 1_781_308_800_123);
     }

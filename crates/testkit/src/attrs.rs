@@ -73,7 +73,7 @@ pub fn any_value_to_string(value: &AnyValue) -> String {
         Some(Value::BoolValue(b)) => b.to_string(),
         Some(Value::IntValue(i)) => i.to_string(),
         Some(Value::DoubleValue(d)) => d.to_string(),
-        Some(Value::BytesValue(bytes)) => crate::received::hex(bytes),
+        Some(Value::BytesValue(bytes)) => hex(bytes),
         Some(Value::ArrayValue(array)) => {
             let items: Vec<String> = array.values.iter().map(any_value_to_string).collect();
             format!("[{}]", items.join(", "))
@@ -123,6 +123,17 @@ pub(crate) fn attr_identity(attrs: &[KeyValue]) -> Vec<(String, String)> {
         .collect();
     pairs.sort();
     pairs
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -170,17 +170,17 @@ impl ReceivedSpan {
 
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.span.trace_id)
+        attrs::hex(&self.span.trace_id)
     }
 
     /// The span id as 16 lowercase hex digits.
     pub fn span_id_hex(&self) -> String {
-        hex(&self.span.span_id)
+        attrs::hex(&self.span.span_id)
     }
 
     /// The parent span id as hex, `None` for a root span.
     pub fn parent_span_id_hex(&self) -> Option<String> {
-        non_zero(&self.span.parent_span_id).map(hex)
+        non_zero(&self.span.parent_span_id).map(attrs::hex)
     }
 
     /// True when the span has no parent (in this process or a remote one).
@@ -273,12 +273,12 @@ impl ReceivedLog {
 
     /// The correlated trace id as hex, `None` when the record carries no trace context.
     pub fn trace_id_hex(&self) -> Option<String> {
-        non_zero(&self.record.trace_id).map(hex)
+        non_zero(&self.record.trace_id).map(attrs::hex)
     }
 
     /// The correlated span id as hex, `None` when the record carries no trace context.
     pub fn span_id_hex(&self) -> Option<String> {
-        non_zero(&self.record.span_id).map(hex)
+        non_zero(&self.record.span_id).map(attrs::hex)
     }
 
     /// True when the record was emitted inside `span` (same trace id and span id).
@@ -413,17 +413,6 @@ pub(crate) fn flatten_metrics(
 
 // === ids ===
 
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
-
 /// `None` for an absent id (empty or all zeros, both mean "no id" in OTLP).
 fn non_zero(id: &[u8]) -> Option<&[u8]> {
     if id.iter().all(|b| *b == 0) {
@@ -439,7 +428,7 @@ mod tests {
 
     #[test]
     fn hex_and_absent_ids() {
-        assert_eq!(hex(&[0x00, 0xab, 0x0f]), "00ab0f");
+        assert_eq!(attrs::hex(&[0x00, 0xab, 0x0f]), "00ab0f");
         assert!(non_zero(&[]).is_none());
         assert!(non_zero(&[0; 8]).is_none());
         assert!(non_zero(&[0, 1]).is_some());

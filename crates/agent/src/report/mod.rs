@@ -259,13 +259,6 @@ pub(crate) fn demo_html(evidence: &Path, out: &Path, view: &View) -> anyhow::Res
     Ok(summary)
 }
 
-/// Parses `--since`/`--until`: an RFC 3339 UTC instant, as in the evidence file.
-pub(crate) fn parse_instant(text: &str) -> Result<i64, String> {
-    retrybudget_telemetry::record::parse_rfc3339_ms(text.trim()).ok_or_else(|| {
-        format!("{text:?} is not an RFC 3339 UTC instant; write it as in the evidence file, e.g. 2026-06-13T14:05:00Z")
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -466,12 +459,12 @@ mod tests {
             1
         );
         let window = Filters {
-            since_ms: Some(parse_instant("2026-01-01T00:00:02Z").unwrap()),
-            until_ms: Some(parse_instant("2026-01-01T00:00:03Z").unwrap()),
+            since_ms: Some(crate::cli::parse_instant("2026-01-01T00:00:02Z").unwrap()),
+            until_ms: Some(crate::cli::parse_instant("2026-01-01T00:00:03Z").unwrap()),
             ..Filters::default()
         };
         let s = f(window);
         assert_eq!((s.records_read, s.records, s.calls()), (3, 1, 1));
-        assert!(parse_instant("2pm").is_err());
+        assert!(crate::cli::parse_instant("2pm").is_err());
     }
 }

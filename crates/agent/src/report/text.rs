@@ -202,7 +202,7 @@ pub(crate) fn filters_text(s: &Summary) -> String {
 /// An instant as RFC 3339 UTC with milliseconds.
 pub(crate) fn instant(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    retrybudget_telemetry::evidence::rfc3339(t)
+    retrybudget_telemetry::timestamp::rfc3339(t)
 }
 
 /// A duration in ms as seconds, minutes or hours.
