@@ -173,7 +173,11 @@ for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$ROTEL_HTTP") 2>/dev/null
 
 EVIDENCE="$TMP/evidence.jsonl"
 FULL_ENV=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$ROTEL_HTTP" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
-    OTEL_METRIC_EXPORT_INTERVAL=5000 OTEL_SERVICE_NAME=retrybudget-bench)
+    OTEL_METRIC_EXPORT_INTERVAL=5000 OTEL_SERVICE_NAME=retrybudget-bench
+    # Three spans and a log record per call: at 6 000 calls/s the default queue (2 048 items) is a tenth of a
+    # second of export backlog, and a starved exporter thread drops (and counts) items. An operator running
+    # the proxy at thousands of calls/s sizes the queue the same way.
+    OTEL_BSP_MAX_QUEUE_SIZE="${OTEL_BSP_MAX_QUEUE_SIZE:-16384}")
 # `env -u` so a caller's own OTEL_* settings cannot switch evidence on for the "off" proxy.
 OFF_CMD=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
     -u OTEL_EXPORTER_OTLP_LOGS_ENDPOINT -u RETRYBUDGET_EVIDENCE_FILE

@@ -38,8 +38,8 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::Extensions;
-use reqwest_middleware::{Middleware, Next};
 use http_body_util::BodyExt as _;
+use reqwest_middleware::{Middleware, Next};
 use retrybudget_client::{
     CallError, Client, Exchange, ExchangeBody, RawRequest, ResponseBody, Transport,
 };

@@ -5,9 +5,9 @@
 //! the server drops that future (or the streaming body), and the client's in-flight guard records `cancelled`.
 
 use axum::extract::{Request, State};
-use http::Method;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http::Method;
 use http::{HeaderValue, header, request::Parts};
 use retrybudget_client::{CHAT_COMPLETIONS, RawRequest};
 use retrybudget_telemetry::{Telemetry, extract_traceparent};
