@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use clap::ArgMatches;
 use retrybudget_client::{ChatError, ChatRequest, Client, ClientConfig};
 use retrybudget_fake_upstream::{FakeUpstream, Step};
-use retrybudget_policy::{Outcome, PolicyConfig};
+use retrybudget_policy::{DecisionKind, Outcome, PolicyConfig};
 use retrybudget_telemetry::{EvidenceRecord, Telemetry};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
@@ -80,13 +80,16 @@ fn assert(what: &'static str, passed: bool, detail: impl Into<String>) -> Assert
     }
 }
 
+/// One evidence row, read through the record type (the one owner of the field list).
+type Row = EvidenceRecord<'static>;
+
 /// One check: its assertions and the evidence rows of its attempts.
 #[derive(Debug)]
 struct Check {
     name: &'static str,
     title: String,
     assertions: Vec<Assertion>,
-    evidence: Vec<Value>,
+    evidence: Vec<Row>,
 }
 
 impl Check {
@@ -111,7 +114,12 @@ impl Check {
         if self.evidence.is_empty() {
             println!("(no evidence rows)");
         } else {
-            print!("{}", table(&EVIDENCE_COLUMNS, &self.evidence));
+            let rows: Vec<Value> = self
+                .evidence
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+                .collect();
+            print!("{}", table(&EVIDENCE_COLUMNS, &rows));
         }
         for a in &self.assertions {
             println!(
@@ -142,24 +150,23 @@ struct EvidenceTail {
 }
 
 impl EvidenceTail {
-    fn take(&mut self, telemetry: &Telemetry) -> Vec<Value> {
+    /// A line that is not an evidence record is an error of the run: this process's own writer wrote it.
+    fn take(&mut self, telemetry: &Telemetry) -> anyhow::Result<Vec<Row>> {
         telemetry.flush_evidence();
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let new: Vec<Value> = lines
+        let new = lines
             .iter()
+            .enumerate()
             .skip(self.seen)
-            // Read through the record type (the one owner of the field list); a line that is not an evidence
-            // record becomes null, which fails every assertion about it.
-            .map(|l| {
+            .map(|(i, l)| {
                 EvidenceRecord::parse(l)
-                    .ok()
-                    .and_then(|r| serde_json::to_value(r).ok())
-                    .unwrap_or(Value::Null)
+                    .map(EvidenceRecord::into_owned)
+                    .with_context(|| format!("evidence line {} of this run", i + 1))
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         self.seen = lines.len();
-        new
+        Ok(new)
     }
 }
 
@@ -200,22 +207,13 @@ impl Ctx {
 
     /// Assertions every check makes about its evidence: one row per attempt ending in a terminal record, and
     /// no credential anywhere in it.
-    fn evidence_assertions(&self, rows: &[Value], attempts: Option<u32>) -> Vec<Assertion> {
+    fn evidence_assertions(&self, rows: &[Row], attempts: Option<u32>) -> Vec<Assertion> {
         let mut out = Vec::new();
-        let indexes: Vec<u64> = rows
-            .iter()
-            .filter_map(|r| r.get("retry_attempt").and_then(Value::as_u64))
-            .collect();
-        let sequential = !rows.is_empty()
-            && indexes.iter().enumerate().all(|(i, a)| *a == i as u64)
-            && indexes.len() == rows.len();
-        let terminal_rows = rows
-            .iter()
-            .filter(|r| r.get("terminal_outcome").is_some())
-            .count();
-        let last_terminal = rows
-            .last()
-            .is_some_and(|r| r.get("terminal_outcome").is_some());
+        let indexes: Vec<u32> = rows.iter().map(|r| r.retry_attempt).collect();
+        let sequential =
+            !rows.is_empty() && indexes.iter().enumerate().all(|(i, a)| *a as usize == i);
+        let terminal_rows = rows.iter().filter(|r| r.terminal_outcome.is_some()).count();
+        let last_terminal = rows.last().is_some_and(|r| r.terminal_outcome.is_some());
         let count_ok = attempts.is_none_or(|a| a as usize == rows.len());
         out.push(assert(
             "one evidence row per attempt",
@@ -231,10 +229,9 @@ impl Ctx {
             ),
         ));
         let low_cardinality = rows.iter().all(|r| {
-            r.get("http_route")
-                .and_then(Value::as_str)
-                .is_some_and(|route| route.starts_with("/v1/") && !route.contains('?'))
-                && r.get("http_method").and_then(Value::as_str).is_some()
+            r.http_route.starts_with("/v1/")
+                && !r.http_route.contains('?')
+                && !r.http_method.is_empty()
         });
         out.push(assert(
             "low-cardinality HTTP evidence",
@@ -243,7 +240,11 @@ impl Ctx {
         ));
         if let Some(key) = &self.key {
             let secret = key.expose_secret();
-            let leaked = rows.iter().any(|r| r.to_string().contains(secret));
+            let leaked = rows.iter().any(|r| {
+                serde_json::to_string(r)
+                    .unwrap_or_default()
+                    .contains(secret)
+            });
             out.push(assert(
                 "no credential in the evidence",
                 !leaked,
@@ -283,10 +284,14 @@ fn outcome_of(result: &Result<retrybudget_client::ChatResponse, ChatError>) -> O
     }
 }
 
-fn row_str<'a>(row: Option<&'a Value>, key: &str) -> &'a str {
-    row.and_then(|r| r.get(key))
-        .and_then(Value::as_str)
-        .unwrap_or("-")
+/// A field of a row for a detail message: `-` when the row or the field is absent.
+fn shown<'a>(row: Option<&'a Row>, field: impl FnOnce(&'a Row) -> Option<&'a str>) -> &'a str {
+    row.and_then(field).unwrap_or("-")
+}
+
+/// The row's terminal outcome, as the policy names it.
+fn terminal_outcome(row: Option<&Row>) -> Option<Outcome> {
+    Outcome::from_name(row?.terminal_outcome.as_deref()?)
 }
 
 /// The built-in fake must never have been handed a credential: it is not the operator's upstream.
@@ -325,7 +330,7 @@ async fn happy_path(
     let client = ctx.client(base_url, route, policy, target)?;
     let request = ChatRequest::user(ctx.model.clone(), HAPPY_PROMPT);
     let result = client.chat(&request).await;
-    let rows = ctx.tail.take(&ctx.telemetry);
+    let rows = ctx.tail.take(&ctx.telemetry)?;
     let last = rows.last();
     let mut assertions = Vec::new();
     let (ok, detail) = match &result {
@@ -352,14 +357,16 @@ async fn happy_path(
         ok,
         detail,
     ));
-    let outcome = row_str(last, "terminal_outcome");
+    let client_result = last.and_then(|r| r.client_result.as_deref());
+    let outcome = terminal_outcome(last);
     assertions.push(assert(
         "terminal record says success",
-        matches!(outcome, "success" | "success_after_retry")
-            && row_str(last, "client_result") == "success",
+        matches!(outcome, Some(Outcome::Success | Outcome::SuccessAfterRetry))
+            && client_result == outcome.map(Outcome::client_result),
         format!(
-            "terminal_outcome={outcome}, client_result={}",
-            row_str(last, "client_result")
+            "terminal_outcome={}, client_result={}",
+            shown(last, |r| r.terminal_outcome.as_deref()),
+            client_result.unwrap_or("-")
         ),
     ));
     assertions.extend(ctx.evidence_assertions(&rows, attempts_of(&result)));
@@ -395,7 +402,7 @@ async fn validation_path(
     };
     let client = ctx.client(base_url, route, policy, target)?;
     let result = client.chat(&invalid_request(&ctx.model)).await;
-    let rows = ctx.tail.take(&ctx.telemetry);
+    let rows = ctx.tail.take(&ctx.telemetry)?;
     let last = rows.last();
     let status = status_of(&result);
     let mut assertions = Vec::new();
@@ -405,7 +412,10 @@ async fn validation_path(
         client_error,
         match (&result, status) {
             (Ok(_), _) => "the upstream ACCEPTED a request with no messages (2xx)".to_owned(),
-            (Err(_), Some(s)) => format!("HTTP {s}, error_type={}", row_str(last, "error_type")),
+            (Err(_), Some(s)) => format!(
+                "HTTP {s}, error_type={}",
+                shown(last, |r| r.error_type.as_deref())
+            ),
             (Err(e), None) => format!("no HTTP response: {e}"),
         },
     ));
@@ -419,19 +429,19 @@ async fn validation_path(
             rows.len()
         ),
     ));
-    let decision = row_str(last, "decision");
-    let outcome = row_str(last, "terminal_outcome");
+    let decision = shown(last, |r| Some(&r.decision));
     assertions.push(assert(
         "recorded as failed without retry",
-        decision == "stop_non_retryable"
-            && outcome == "failed_without_retry"
+        decision == DecisionKind::StopNonRetryable.as_str()
+            && terminal_outcome(last) == Some(Outcome::FailedWithoutRetry)
             && outcome_of(&result) == Some(Outcome::FailedWithoutRetry),
         format!(
-            "decision={decision}, terminal_outcome={outcome}, client_result={}",
-            row_str(last, "client_result")
+            "decision={decision}, terminal_outcome={}, client_result={}",
+            shown(last, |r| r.terminal_outcome.as_deref()),
+            shown(last, |r| r.client_result.as_deref())
         ),
     ));
-    let error_type = row_str(last, "error_type");
+    let error_type = shown(last, |r| r.error_type.as_deref());
     let distinguishable = error_type.len() == 3 && error_type.starts_with('4');
     assertions.push(assert(
         "distinguishable from transient failures",
@@ -481,7 +491,7 @@ async fn retry_path(ctx: &mut Ctx) -> anyhow::Result<Check> {
         .filter(|r| r.received_at > returned_at)
         .count();
     upstream.shutdown().await;
-    let rows = ctx.tail.take(&ctx.telemetry);
+    let rows = ctx.tail.take(&ctx.telemetry)?;
     let last = rows.last();
 
     let mut assertions = Vec::new();
@@ -510,28 +520,26 @@ async fn retry_path(ctx: &mut Ctx) -> anyhow::Result<Check> {
         ),
     ));
     assertions.push(no_credential_sent(&recorded));
-    let decision = row_str(last, "decision");
+    let decision = shown(last, |r| Some(&r.decision));
     assertions.push(assert(
         "stops after the allowance",
-        late == 0 && decision == "stop_attempts_exhausted",
+        late == 0 && decision == DecisionKind::StopAttemptsExhausted.as_str(),
         format!("final decision={decision}; {late} request(s) arrived after the call returned"),
     ));
-    let outcome = row_str(last, "terminal_outcome");
+    let client_result = last.and_then(|r| r.client_result.as_deref());
     assertions.push(assert(
         "terminal outcome recorded as failed_after_retry",
-        outcome == "failed_after_retry"
+        terminal_outcome(last) == Some(Outcome::FailedAfterRetry)
             && outcome_of(&result) == Some(Outcome::FailedAfterRetry)
-            && row_str(last, "client_result") == "failure",
+            && client_result == Some(Outcome::FailedAfterRetry.client_result()),
         format!(
-            "terminal_outcome={outcome}, client_result={}",
-            row_str(last, "client_result")
+            "terminal_outcome={}, client_result={}",
+            shown(last, |r| r.terminal_outcome.as_deref()),
+            client_result.unwrap_or("-")
         ),
     ));
-    let allowance: Vec<u64> = rows
-        .iter()
-        .filter_map(|r| r.get("retry_budget_remaining").and_then(Value::as_u64))
-        .collect();
-    let expected: Vec<u64> = (0..u64::from(RETRY_ATTEMPTS)).rev().collect();
+    let allowance: Vec<u32> = rows.iter().map(|r| r.retry_budget_remaining).collect();
+    let expected: Vec<u32> = (0..RETRY_ATTEMPTS).rev().collect();
     assertions.push(assert(
         "remaining allowance counts down",
         allowance == expected,

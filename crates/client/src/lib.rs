@@ -38,8 +38,7 @@ pub use types::{ChatRequest, ChatResponse, Choice, Message, Usage};
 use inflight::Inflight;
 use transport::Direct;
 
-/// The route template of chat completions.
-pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+pub use retrybudget_policy::routes::CHAT_COMPLETIONS;
 /// Header carrying our attempt index to the upstream (another agent reads it as a nested retry).
 pub const ATTEMPT_HEADER: &str = "x-retrybudget-attempt";
 
@@ -602,7 +601,7 @@ impl Client {
         if let Some(tp) = retrybudget_telemetry::traceparent(cx)
             .and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok())
         {
-            headers.insert("traceparent", tp);
+            headers.insert(retrybudget_telemetry::TRACEPARENT, tp);
         }
         headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
         if !headers.contains_key(header::AUTHORIZATION)

@@ -40,16 +40,16 @@ use bytes::Bytes;
 use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 use retrybudget_client::{CallError, Client, Exchange, ExchangeBody, RawRequest, Transport};
-use retrybudget_policy::FailureKind;
+use retrybudget_policy::{FailureKind, routes};
 
 pub use retrybudget_client;
 
 /// The OpenAI-compatible routes (path templates under the base URL) that get the policy.
 pub const ROUTES: [&str; 4] = [
-    "/v1/chat/completions",
-    "/v1/responses",
-    "/v1/completions",
-    "/v1/embeddings",
+    routes::CHAT_COMPLETIONS,
+    routes::RESPONSES,
+    routes::COMPLETIONS,
+    routes::EMBEDDINGS,
 ];
 
 /// A `reqwest-middleware` middleware that runs OpenAI-compatible calls through a retrybudget [`Client`].

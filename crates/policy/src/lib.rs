@@ -37,6 +37,7 @@ pub mod hints;
 mod names;
 pub mod repeatable;
 pub mod resend;
+pub mod routes;
 pub mod sim;
 
 pub use backoff::{Random, SplitMix64};

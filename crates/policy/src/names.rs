@@ -130,10 +130,14 @@ impl Outcome {
 
     /// Whether the call ended in a failure an operator should count as one (not success, not cancel).
     pub const fn is_failure(self) -> bool {
-        !matches!(
-            self,
-            Outcome::Success | Outcome::SuccessAfterRetry | Outcome::Cancelled
-        )
+        match self {
+            Outcome::Success | Outcome::SuccessAfterRetry | Outcome::Cancelled => false,
+            Outcome::FailedWithoutRetry
+            | Outcome::FailedAfterRetry
+            | Outcome::BudgetExhausted
+            | Outcome::DeadlineExceeded
+            | Outcome::StreamInterrupted => true,
+        }
     }
 
     /// Parses a stable name back (used when reading evidence files).

@@ -18,14 +18,16 @@
 //! - A request that can create something upstream being sent twice without the caller's `Idempotency-Key`.
 //! - This rule *adding* retries: it only ever takes them away; the classification still decides the rest.
 
+use crate::routes;
+
 /// The routes (under `/v1`) whose requests may be repeated whatever their method: they generate output and
 /// create no resource.
 pub const GENERATION_ROUTES: [&str; 5] = [
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/moderations",
+    routes::CHAT_COMPLETIONS,
+    routes::COMPLETIONS,
+    routes::EMBEDDINGS,
+    routes::RESPONSES,
+    routes::MODERATIONS,
 ];
 
 /// The header by which a caller makes any request repeatable.

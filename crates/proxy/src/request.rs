@@ -11,21 +11,18 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 /// The caller SDK's own retry count (openai-python, openai-node and other Stainless SDKs send it).
 pub(crate) const STAINLESS_RETRY_COUNT: &str = "x-stainless-retry-count";
 /// W3C trace context header, continued by the SERVER span (and re-injected per attempt by the client).
-pub(crate) const TRACEPARENT: &str = "traceparent";
+pub(crate) use retrybudget_telemetry::TRACEPARENT;
 
 // === route templates (low-cardinality values of `http.route` / `url.template`) ===
 
-const MODELS: &str = "/v1/models";
-const MODEL: &str = "/v1/models/{model}";
-const EMBEDDINGS: &str = "/v1/embeddings";
-const COMPLETIONS: &str = "/v1/completions";
-const RESPONSES: &str = "/v1/responses";
-const OTHER: &str = "/v1/{other}";
+use retrybudget_policy::routes::{
+    CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MODEL, MODELS, OTHER, RESPONSES,
+};
 
 /// The route template of a `/v1/*` path: never the raw path, which may carry ids or user data.
 pub(crate) fn route_template(path: &str) -> &'static str {
     match path {
-        retrybudget_client::CHAT_COMPLETIONS => retrybudget_client::CHAT_COMPLETIONS,
+        CHAT_COMPLETIONS => CHAT_COMPLETIONS,
         MODELS => MODELS,
         EMBEDDINGS => EMBEDDINGS,
         COMPLETIONS => COMPLETIONS,
@@ -42,7 +39,7 @@ pub(crate) fn route_template(path: &str) -> &'static str {
 /// (e.g. `/v1/responses`) end differently, so they are forwarded as one buffered answer instead of being cut
 /// off with a false `stream_interrupted`.
 pub(crate) fn streams_with_done(route: &str) -> bool {
-    route == retrybudget_client::CHAT_COMPLETIONS || route == COMPLETIONS
+    route == CHAT_COMPLETIONS || route == COMPLETIONS
 }
 
 // === headers ===

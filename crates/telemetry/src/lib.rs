@@ -32,7 +32,7 @@ pub use evidence_file::EvidenceRotation;
 pub use labels::ModelLabels;
 pub use nested::{CallerRetry, CallerRetrySource};
 pub use pipeline::Telemetry;
-pub use propagation::{extract_traceparent, traceparent};
+pub use propagation::{TRACEPARENT, extract_traceparent, traceparent};
 pub use record::EvidenceRecord;
 
 /// Why the telemetry pipeline could not start.

@@ -6,6 +6,7 @@
 //! Dashboards, alert rules and tests depend on these strings: never write a telemetry name inline elsewhere.
 
 use opentelemetry_semantic_conventions::{attribute as semconv, metric as semconv_metric};
+use retrybudget_policy::routes;
 
 // === HTTP (stable semantic conventions) ===
 
@@ -72,9 +73,9 @@ pub const GEN_AI_OPERATION_OTHER: &str = "_OTHER";
 /// The GenAI operation of an OpenAI-compatible route template.
 pub fn gen_ai_operation(url_template: &str) -> &'static str {
     match url_template {
-        "/v1/chat/completions" | "/v1/responses" => GEN_AI_OPERATION_CHAT,
-        "/v1/completions" => GEN_AI_OPERATION_TEXT_COMPLETION,
-        "/v1/embeddings" => GEN_AI_OPERATION_EMBEDDINGS,
+        routes::CHAT_COMPLETIONS | routes::RESPONSES => GEN_AI_OPERATION_CHAT,
+        routes::COMPLETIONS => GEN_AI_OPERATION_TEXT_COMPLETION,
+        routes::EMBEDDINGS => GEN_AI_OPERATION_EMBEDDINGS,
         _ => GEN_AI_OPERATION_OTHER,
     }
 }

@@ -9,6 +9,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use retrybudget_policy::{DecisionKind, Outcome};
+
 use super::View;
 use super::summary::{Bucket, CallRow, NO_ERROR, OTHER, Summary, Timeline};
 use super::text::{filters_text, instant, seconds};
@@ -340,7 +342,7 @@ fn timeline(o: &mut String, s: &Summary) {
         o,
         "Budget denials",
         &note,
-        &[("stop_budget_exhausted", RED)],
+        &[(DecisionKind::StopBudgetExhausted.as_str(), RED)],
     );
     let max = t.buckets.iter().map(|b| b.denials).max().unwrap_or(0);
     let mut svg = Svg::new(&axis, max as f64, stretch.map(|st| (st, t)));
@@ -614,17 +616,19 @@ fn breakdown(counts: &std::collections::BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
+/// One colour per outcome: a new outcome does not compile until it has one. A name the policy does not know
+/// (a newer writer's) is grey.
 fn outcome_color(name: &str) -> &'static str {
-    match name {
-        "success" => "#54a24b",
-        "success_after_retry" => "#a0d98f",
-        "failed_without_retry" => "#b279a2",
-        "failed_after_retry" => "#e45756",
-        "budget_exhausted" => RED,
-        "deadline_exceeded" => "#9d755d",
-        "stream_interrupted" => "#ff9da6",
-        "cancelled" => "#bab0ac",
-        _ => "#79706e",
+    match Outcome::from_name(name) {
+        Some(Outcome::Success) => "#54a24b",
+        Some(Outcome::SuccessAfterRetry) => "#a0d98f",
+        Some(Outcome::FailedWithoutRetry) => "#b279a2",
+        Some(Outcome::FailedAfterRetry) => "#e45756",
+        Some(Outcome::BudgetExhausted) => RED,
+        Some(Outcome::DeadlineExceeded) => "#9d755d",
+        Some(Outcome::StreamInterrupted) => "#ff9da6",
+        Some(Outcome::Cancelled) => "#bab0ac",
+        None => "#79706e",
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use retrybudget_policy::{DecisionKind, Outcome};
+use retrybudget_policy::{DecisionKind, DelaySource, ErrorType, Outcome};
 use retrybudget_telemetry::EvidenceRecord;
 
 /// Most time buckets in a timeline; the bucket width is the smallest "round" width that fits the span in them.
@@ -347,7 +347,7 @@ fn reached_upstream(r: &EvidenceRecord<'_>) -> bool {
     let refused_resend = r.decision == DecisionKind::StopBudgetExhausted.as_str()
         && r.http_status_code.is_none()
         && r.error_type.is_none();
-    r.error_type.as_deref() != Some("validation_error") && !refused_resend
+    r.error_type.as_deref() != Some(&ErrorType::ValidationError.as_str()) && !refused_resend
 }
 
 // === the first pass: totals, calls to open ===
@@ -527,7 +527,7 @@ impl FirstPass {
 }
 
 fn is_server_hinted(r: &EvidenceRecord<'_>) -> bool {
-    r.delay_source.as_deref() == Some("retry_after")
+    r.delay_source.as_deref() == Some(DelaySource::RetryAfter.as_str())
 }
 
 fn top_names(c: &Counts) -> Vec<String> {

@@ -1,0 +1,21 @@
+//! The OpenAI-compatible route templates: the low-cardinality `url.template` / `http.route` values, written
+//! once here for every crate (the client's and the proxy's routes, the repeatable-request rule, the GenAI
+//! operation of a route, the middleware's route list). A template never carries an id or user data: a path
+//! such as `/v1/models/gpt-x` is recorded as [`MODEL`].
+
+/// Chat completions, streaming or not.
+pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+/// Legacy text completions.
+pub const COMPLETIONS: &str = "/v1/completions";
+/// Embeddings.
+pub const EMBEDDINGS: &str = "/v1/embeddings";
+/// The Responses API.
+pub const RESPONSES: &str = "/v1/responses";
+/// Moderations.
+pub const MODERATIONS: &str = "/v1/moderations";
+/// The model list.
+pub const MODELS: &str = "/v1/models";
+/// One model, whatever its id.
+pub const MODEL: &str = "/v1/models/{model}";
+/// Any other path under `/v1/`.
+pub const OTHER: &str = "/v1/{other}";
