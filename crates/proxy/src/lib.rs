@@ -197,7 +197,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Answers one request: the checks of [`guard`], then the route.
+    /// Answers one request: the access, path and in-flight checks (see [`Access`]), then the route.
     pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
         guard::guard(&self.state, request).await
     }
