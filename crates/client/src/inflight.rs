@@ -16,7 +16,8 @@ use retrybudget_telemetry::labels::model_for_span;
 use retrybudget_telemetry::names::*;
 use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, CallerRetry, ResponseFacts};
 
-use crate::{Client, FinishReasons};
+use crate::Client;
+use crate::facts::{Facts, FinishReasons};
 
 pub(crate) struct Inflight {
     client: Client,
@@ -202,7 +203,7 @@ impl Inflight {
     }
 
     /// Adds a response's (or stream chunk's) facts.
-    pub(crate) fn merge_facts(&mut self, facts: crate::Facts<'_>) {
+    pub(crate) fn merge_facts(&mut self, facts: Facts<'_>) {
         facts.merge_into(&mut self.facts, &mut self.finish);
     }
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use retrybudget_policy::{AttemptResult, FailureKind, Outcome, ResponseHead};
 
-use crate::ByteStream;
+use crate::attempt::ByteStream;
 use crate::inflight::Inflight;
 use crate::sse::{SseLine, SseLines, classify};
 
@@ -125,7 +125,7 @@ fn on_line(line: &[u8], saw_done: &mut bool, run: &mut Option<Inflight>) {
         SseLine::Data(data) => {
             if let (Some(run), Ok(f)) = (
                 run.as_mut(),
-                serde_json::from_slice::<crate::Facts<'_>>(data),
+                serde_json::from_slice::<crate::facts::Facts<'_>>(data),
             ) {
                 run.merge_facts(f);
             }
