@@ -15,7 +15,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -122,7 +121,6 @@ func streams(args []string) error {
 		IdleConnTimeout:     time.Minute,
 	}
 	client := &http.Client{Transport: transport, Timeout: 5 * time.Minute}
-	body := []byte(`{"model":"fake-model","messages":[{"role":"user","content":"benchmark placeholder"}],"stream":true}`)
 	ttfb := make([]time.Duration, *n)
 	done := make([]bool, *n)
 	errs := make([]error, *n)
@@ -135,7 +133,10 @@ func streams(args []string) error {
 			defer wg.Done()
 			time.Sleep(time.Until(start.Add(step * time.Duration(i))))
 			t0 := time.Now()
-			req, _ := http.NewRequest("POST", *url, bytes.NewReader(body))
+			// A distinct body per stream: identical requests in flight at once would be recognised by the
+			// proxy as the caller's own re-sends (--caller-retries).
+			body := fmt.Sprintf(`{"model":"fake-model","messages":[{"role":"user","content":"benchmark placeholder %d"}],"stream":true}`, i)
+			req, _ := http.NewRequest("POST", *url, strings.NewReader(body))
 			req.Header.Set("content-type", "application/json")
 			resp, err := client.Do(req)
 			if err != nil {

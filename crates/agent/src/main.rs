@@ -3,6 +3,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc, not glibc malloc: the proxy allocates per request and per attempt (bodies, spans, log records,
+/// evidence lines) from two worker threads and four exporter threads; glibc's arenas and consolidation cost
+/// ~13 % of its CPU under load (BENCHMARKS.md, "Where the cost is").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let (cli, matches) = retrybudget::parse();
     if let Err(e) = retrybudget::logging::init(cli.log_level.as_deref(), cli.log_format) {

@@ -83,7 +83,6 @@ impl Inflight {
             KeyValue::new(SERVER_ADDRESS, labels.server_address.clone()),
             KeyValue::new(SERVER_PORT, i64::from(labels.server_port)),
             KeyValue::new(RB_ROUTE, labels.route.clone()),
-            KeyValue::new(RB_MAX_ATTEMPTS, i64::from(max_attempts)),
         ];
         if request.stream {
             attrs.push(KeyValue::new(GEN_AI_REQUEST_STREAM, true));

@@ -32,11 +32,11 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 pub use error::{CallError, ChatError, ClientError};
 pub use stream::{ChatStream, StreamError};
-pub use transport::Transport;
+pub use transport::{ResponseBody, Transport, is_tls};
 pub use types::{ChatRequest, ChatResponse, Choice, Message, Usage};
 
 use inflight::Inflight;
-use transport::Direct;
+use transport::Pool;
 
 pub use retrybudget_policy::routes::CHAT_COMPLETIONS;
 /// Header carrying our attempt index to the upstream (another agent reads it as a nested retry).
@@ -221,7 +221,7 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    http: reqwest::Client,
+    http: Pool,
     policy: Policy,
     /// The same policy with an allowance of one attempt, for requests that are not repeatable.
     once: Policy,
@@ -274,12 +274,7 @@ impl Client {
             ..config.policy.clone()
         })?;
         let policy = Policy::new(config.policy)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let http = Pool::new(config.connect_timeout).map_err(ClientError::Http)?;
         let budgets = policy.clone();
         let origin = Instant::now();
         telemetry.observe_budgets(move || {
@@ -450,8 +445,7 @@ impl Client {
     /// one arrived (whatever its status), else the [`CallError`]. Ended as `cancelled` by
     /// [`Client::cancel_inflight`] unless its response was already handed over.
     pub async fn send(&self, request: RawRequest) -> Result<Exchange, CallError> {
-        let direct = Direct(&self.inner.http);
-        self.send_via(request, direct).await
+        self.send_via(request, self.inner.http.clone()).await
     }
 
     /// [`Client::send`] with each attempt sent through `transport` — e.g. the rest of a `reqwest-middleware`
@@ -611,24 +605,22 @@ impl Client {
             v.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, v);
         }
-        let url = format!("{}{}", inner.base, request.path);
-        let built = inner
-            .http
-            .request(request.method.clone(), url)
-            .headers(headers)
-            .body(request.body.clone())
-            .build();
-        let mut response = match built {
-            Ok(r) => match transport.send_attempt(r).await {
-                Ok(r) => r,
-                Err(kind) => return Output::Failed(kind),
-            },
-            Err(e) => return Output::Failed(failure_kind(&e)),
+        let uri = match http::Uri::try_from(format!("{}{}", inner.base, request.path)) {
+            Ok(uri) => uri,
+            Err(_) => return Output::Failed(FailureKind::Other),
         };
-        let status = response.status();
-        let version = protocol_version(response.version());
-        // Taken, not cloned: the body below needs only the response's stream.
-        let headers = std::mem::take(response.headers_mut());
+        let mut outgoing = http::Request::new(request.body.clone());
+        *outgoing.method_mut() = request.method.clone();
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = headers;
+        let response = match transport.send_attempt(outgoing).await {
+            Ok(r) => r,
+            Err(kind) => return Output::Failed(kind),
+        };
+        let (head, body) = response.into_parts();
+        let status = head.status;
+        let version = protocol_version(head.version);
+        let headers = head.headers;
         // An upstream that ignores `stream` and answers JSON takes the buffered path, not the SSE one.
         let is_sse = headers
             .get(header::CONTENT_TYPE)
@@ -639,7 +631,7 @@ impl Client {
         let pass_through = status.is_success()
             && (is_sse || (!request.stream && request.url_template != CHAT_COMPLETIONS));
         if pass_through {
-            let mut rest = response.bytes_stream().boxed();
+            let mut rest = http_body_util::BodyDataStream::new(body);
             return match rest.next().await {
                 Some(Ok(first)) => Output::Stream {
                     status,
@@ -661,30 +653,14 @@ impl Client {
                 Some(Err(_)) | None => Output::Failed(FailureKind::ConnectionReset),
             };
         }
-        let declared = response.content_length();
-        if declared.is_some_and(|n| n > inner.max_response_body as u64) {
-            return Output::Failed(FailureKind::InvalidResponse);
-        }
-        let mut response = response;
-        let mut body = bytes::BytesMut::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > inner.max_response_body {
-                        return Output::Failed(FailureKind::InvalidResponse);
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) if e.is_timeout() => return Output::Failed(FailureKind::Timeout),
-                Err(_) => return Output::Failed(FailureKind::ConnectionReset),
-            }
-        }
-        Output::Full {
-            status,
-            headers,
-            body: body.freeze(),
-            version,
+        match read_limited(body, inner.max_response_body).await {
+            Ok(body) => Output::Full {
+                status,
+                headers,
+                body,
+                version,
+            },
+            Err(kind) => Output::Failed(kind),
         }
     }
 
@@ -699,7 +675,38 @@ impl Client {
     }
 }
 
-pub(crate) type ByteStream = futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>;
+/// The rest of a passed-through response body, chunk by chunk as it arrives.
+pub(crate) type ByteStream = http_body_util::BodyDataStream<ResponseBody>;
+
+/// The whole body, or `invalid_response` as soon as it is (declared or found) larger than `max` bytes.
+async fn read_limited(mut body: ResponseBody, max: usize) -> Result<Bytes, FailureKind> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    if body.size_hint().lower() > max as u64 {
+        return Err(FailureKind::InvalidResponse);
+    }
+    let mut first: Option<Bytes> = None;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        let len = first.as_ref().map_or(0, Bytes::len) + buf.len() + data.len();
+        if len > max {
+            return Err(FailureKind::InvalidResponse);
+        }
+        // The usual answer arrives in one chunk: kept as it is, not copied.
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            None => buf.extend_from_slice(&data),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
 
 enum Output {
     Full {
@@ -718,30 +725,6 @@ enum Output {
         require_done: bool,
     },
     Failed(FailureKind),
-}
-
-/// What a transport error means to the policy (`connect_error`, `timeout`, `tls_error`, …), from the error's
-/// kind and source chain — never from its message, which contains the URL.
-pub fn failure_kind(e: &reqwest::Error) -> FailureKind {
-    if e.is_timeout() {
-        return FailureKind::Timeout;
-    }
-    // The sources only: reqwest's own message contains the URL, whose host may well contain "tls".
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string().to_ascii_lowercase();
-        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
-            return FailureKind::Tls;
-        }
-        source = s.source();
-    }
-    if e.is_connect() {
-        FailureKind::Connect
-    } else if e.is_request() || e.is_body() {
-        FailureKind::ConnectionReset
-    } else {
-        FailureKind::Other
-    }
 }
 
 /// A serde error described without its message, which may quote the response's content.

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use retrybudget_policy::{AttemptResult, FailureKind, Outcome, ResponseHead};
 
 use crate::ByteStream;
@@ -155,7 +155,7 @@ impl Stream for ChatStream {
             this.scan(&first);
             return Poll::Ready(Some(Ok(first)));
         }
-        match this.rest.as_mut().poll_next(cx) {
+        match this.rest.poll_next_unpin(cx) {
             Poll::Pending => {
                 if this.stall.as_mut().poll(cx).is_ready() {
                     this.finish(&AttemptResult::Failure(FailureKind::Timeout));

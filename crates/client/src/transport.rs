@@ -2,35 +2,119 @@
 //!
 //! The loop in [`Client::send_via`](crate::Client::send_via) owns everything that makes a call a retrybudget
 //! call — the policy's decisions, the shared budget, the backoff sleeps, the spans, `traceparent`, the evidence.
-//! A [`Transport`] only sends the one `reqwest::Request` it is handed and returns what came back. The client's
-//! own connection pool is one transport; the rest of a `reqwest-middleware` chain is another
-//! (`retrybudget-middleware`). There is no second retry loop anywhere.
+//! A [`Transport`] only sends the one `http::Request` it is handed and returns what came back, with every
+//! failure already named as a [`FailureKind`]. The client's own connection pool ([`Pool`]) is one transport;
+//! the rest of a `reqwest-middleware` chain is another (`retrybudget-middleware`). There is no second retry
+//! loop anywhere.
+//!
+//! # Why hyper's own client, not reqwest
+//! The pool is hyper-util's HTTP/1.1 + HTTP/2 client over rustls: the proxy's hop spent more time in reqwest's
+//! layers (URL re-parsing, header conversion, its own retry and redirect services) than in its policy
+//! (BENCHMARKS.md). Redirects are never followed (a 3xx is the upstream's answer, relayed as it came), and
+//! certificates are checked against the platform's roots, as reqwest did.
 
 use std::future::Future;
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use retrybudget_policy::FailureKind;
 
-/// Sends one attempt. Implementations must not retry, and must classify a failure that left no response as a
-/// [`FailureKind`] (use [`failure_kind`](crate::failure_kind) for `reqwest` errors).
+/// A response body as the retry loop reads it: bytes, or the [`FailureKind`] that broke it off.
+pub type ResponseBody = UnsyncBoxBody<Bytes, FailureKind>;
+
+/// Sends one attempt. Implementations must not retry, must not follow redirects, and must name every
+/// failure — before the head arrived or while the body streams — as a [`FailureKind`].
 pub trait Transport: Send {
     /// Sends `request` once.
     fn send_attempt(
         &mut self,
-        request: reqwest::Request,
-    ) -> impl Future<Output = Result<reqwest::Response, FailureKind>> + Send;
+        request: http::Request<Bytes>,
+    ) -> impl Future<Output = Result<http::Response<ResponseBody>, FailureKind>> + Send;
 }
 
-/// The client's own connection pool.
-pub(crate) struct Direct<'a>(pub(crate) &'a reqwest::Client);
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-impl Transport for Direct<'_> {
+/// The client's own connection pool: keep-alive HTTP/1.1 (HTTP/2 when the upstream offers it over TLS).
+#[derive(Clone, Debug)]
+pub(crate) struct Pool(HyperClient<Connector, Full<Bytes>>);
+
+impl Pool {
+    /// A pool whose connections are set up within `connect_timeout` and closed after 60 s unused.
+    pub(crate) fn new(connect_timeout: Duration) -> Result<Pool, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .try_with_platform_verifier()
+            .map_err(|e| format!("cannot load the platform's TLS roots: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Ok(Pool(client))
+    }
+}
+
+impl Transport for Pool {
     async fn send_attempt(
         &mut self,
-        request: reqwest::Request,
-    ) -> Result<reqwest::Response, FailureKind> {
-        self.0
-            .execute(request)
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<ResponseBody>, FailureKind> {
+        let response = self
+            .0
+            .request(request.map(Full::new))
             .await
-            .map_err(|e| crate::failure_kind(&e))
+            .map_err(|e| sending_failure(&e))?;
+        Ok(response.map(|body| body.map_err(|e| body_failure(&e)).boxed_unsync()))
     }
+}
+
+/// What a failure to get a response head means to the policy (`connect_error`, `tls_error`, …), from the
+/// error's kind and source chain — never from a message that could name the URL.
+fn sending_failure(e: &hyper_util::client::legacy::Error) -> FailureKind {
+    if is_tls(e) {
+        FailureKind::Tls
+    } else if e.is_connect() {
+        FailureKind::Connect
+    } else {
+        match std::error::Error::source(e).and_then(|s| s.downcast_ref::<hyper::Error>()) {
+            Some(h) => body_failure(h),
+            None => FailureKind::Other,
+        }
+    }
+}
+
+/// A connection that broke while a request or response was under way.
+fn body_failure(e: &hyper::Error) -> FailureKind {
+    if e.is_timeout() {
+        FailureKind::Timeout
+    } else {
+        FailureKind::ConnectionReset
+    }
+}
+
+/// Whether `e` or an error in its source chain is a TLS failure (a certificate, an alert, a handshake), for
+/// transports that classify their own errors. Pass an error whose message cannot contain the URL (its host may
+/// well contain "tls"): e.g. the *source* of a `reqwest::Error`.
+pub fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        let text = s.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }

@@ -38,8 +38,11 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::Extensions;
+use http_body_util::BodyExt as _;
 use reqwest_middleware::{Middleware, Next};
-use retrybudget_client::{CallError, Client, Exchange, ExchangeBody, RawRequest, Transport};
+use retrybudget_client::{
+    CallError, Client, Exchange, ExchangeBody, RawRequest, ResponseBody, Transport,
+};
 use retrybudget_policy::{FailureKind, routes};
 
 pub use retrybudget_client;
@@ -149,13 +152,31 @@ struct Chain<'a, 'e> {
 impl Transport for Chain<'_, '_> {
     async fn send_attempt(
         &mut self,
-        request: reqwest::Request,
-    ) -> Result<reqwest::Response, FailureKind> {
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<ResponseBody>, FailureKind> {
+        let request = reqwest::Request::try_from(request).map_err(|e| failure_kind(&e))?;
         match self.next.clone().run(request, self.extensions).await {
-            Ok(response) => Ok(response),
-            Err(reqwest_middleware::Error::Reqwest(e)) => Err(retrybudget_client::failure_kind(&e)),
+            Ok(response) => Ok(http::Response::from(response)
+                .map(|body| body.map_err(|e| failure_kind(&e)).boxed_unsync())),
+            Err(reqwest_middleware::Error::Reqwest(e)) => Err(failure_kind(&e)),
             Err(reqwest_middleware::Error::Middleware(_)) => Err(FailureKind::Other),
         }
+    }
+}
+
+/// What a `reqwest` error means to the policy (`connect_error`, `timeout`, `tls_error`, …), from its kind and
+/// source chain — never from its own message, which contains the URL.
+fn failure_kind(e: &reqwest::Error) -> FailureKind {
+    if e.is_timeout() {
+        FailureKind::Timeout
+    } else if std::error::Error::source(e).is_some_and(retrybudget_client::is_tls) {
+        FailureKind::Tls
+    } else if e.is_connect() {
+        FailureKind::Connect
+    } else if e.is_request() || e.is_body() || e.is_decode() {
+        FailureKind::ConnectionReset
+    } else {
+        FailureKind::Other
     }
 }
 

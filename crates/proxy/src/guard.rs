@@ -9,8 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderValue, Method, header};
@@ -19,19 +18,15 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::ProxyState;
 use crate::access::Refusal;
-use crate::{path, response};
+use crate::{handler, path, response};
 
 /// How long a browser may cache a preflight answer for an allowed origin (seconds).
 const PREFLIGHT_MAX_AGE: &str = "600";
 
-/// The middleware: checks, then the route, then CORS headers for an allowed origin.
-pub(crate) async fn guard(
-    State(state): State<ProxyState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The checks, then the route, then CORS headers for an allowed origin.
+pub(crate) async fn guard(state: &ProxyState, request: Request) -> Response {
     if request.uri().path() == "/healthz" {
-        return next.run(request).await;
+        return handler::route(state, request).await;
     }
     let refuse = |refusal: Refusal| {
         state
@@ -77,7 +72,7 @@ pub(crate) async fn guard(
             Err(_) => return refuse(Refusal::Overloaded),
         }
     }
-    let response = next.run(Request::from_parts(parts, body)).await;
+    let response = handler::route(state, Request::from_parts(parts, body)).await;
     let mut response = match permit {
         // The request stays in flight until its response body (a stream, maybe) is finished or dropped.
         Some(permit) => response.map(|inner| {

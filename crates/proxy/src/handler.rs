@@ -7,6 +7,7 @@
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http::Method;
 use http::{HeaderValue, header, request::Parts};
 use retrybudget_client::{CHAT_COMPLETIONS, RawRequest};
 use retrybudget_telemetry::{Telemetry, extract_traceparent};
@@ -40,25 +41,34 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Anything outside the proxied surface.
-pub(crate) async fn not_found() -> Response {
+/// Every route of the proxy, after [`crate::guard`]'s checks: `/metrics` and `/healthz` (GET or HEAD),
+/// `POST /v1/chat/completions` validated then forwarded, any other `/v1/*` request forwarded as it is, and
+/// 404 for the rest.
+pub(crate) async fn route(state: &ProxyState, request: Request) -> Response {
+    let path = request.uri().path();
+    if path == "/metrics" || path == "/healthz" {
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            return response::method_not_allowed();
+        }
+        if path == "/healthz" {
+            return healthz().await.into_response();
+        }
+        return metrics(State(state.client().telemetry().clone())).await;
+    }
+    if path == CHAT_COMPLETIONS && request.method() == Method::POST {
+        return proxied(state, request, CHAT_COMPLETIONS, true).await;
+    }
+    // `/v1/` itself names nothing upstream.
+    if path.len() > "/v1/".len() && path.starts_with("/v1/") {
+        let route = request::route_template(path);
+        return proxied(state, request, route, false).await;
+    }
     response::not_found()
-}
-
-/// `POST /v1/chat/completions`: validated locally, then forwarded.
-pub(crate) async fn chat(State(state): State<ProxyState>, request: Request) -> Response {
-    proxied(state, request, CHAT_COMPLETIONS, true).await
-}
-
-/// Any other `/v1/*` request, forwarded without validation.
-pub(crate) async fn forward(State(state): State<ProxyState>, request: Request) -> Response {
-    let route = request::route_template(request.uri().path());
-    proxied(state, request, route, false).await
 }
 
 /// Frames one proxied request in its SERVER span, whose status code is the response's.
 async fn proxied(
-    state: ProxyState,
+    state: &ProxyState,
     request: Request,
     route: &'static str,
     validate: bool,
@@ -66,8 +76,8 @@ async fn proxied(
     let (parts, body) = request.into_parts();
     let caller = extract_traceparent(parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
     let span = ServerSpan::start(state.client().telemetry(), &caller, &parts.method, route);
-    let raw = raw_request(&state, &parts, route, span.context().clone());
-    let response = exchange(&state, raw, &parts, body, validate).await;
+    let raw = raw_request(state, &parts, route, span.context().clone());
+    let response = exchange(state, raw, &parts, body, validate).await;
     span.finish(response.status());
     response
 }

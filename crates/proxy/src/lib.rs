@@ -57,8 +57,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{any, get, post};
-use retrybudget_client::{CHAT_COMPLETIONS, Client};
+use axum::body::Body;
+use axum::routing::get;
+use http::{Request, Response};
+use retrybudget_client::Client;
 use retrybudget_telemetry::Telemetry;
 use tokio::sync::Semaphore;
 
@@ -178,23 +180,47 @@ pub fn observability<S>(telemetry: Telemetry) -> Router<S> {
         .with_state(telemetry)
 }
 
-/// The proxy's routes, ready for `axum::serve` or for `tower::ServiceExt::oneshot` in tests. Every route but
-/// `/healthz` is behind the access checks of [`Access`].
-pub fn app(state: ProxyState) -> Router {
-    Router::new()
-        .merge(observability(state.client().telemetry().clone()))
-        // Other methods on the chat path (e.g. listing stored completions) are forwarded like any `/v1/*`.
-        .route(
-            CHAT_COMPLETIONS,
-            post(handler::chat).fallback(handler::forward),
-        )
-        .route("/v1/{*rest}", any(handler::forward))
-        .fallback(handler::not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard::guard,
-        ))
-        .with_state(state)
+/// The proxy as one service: every route behind the access checks of [`Access`] (but `/healthz`), dispatched
+/// by hand — no router, no middleware stack, no boxed future per layer — since the hop's cost is what a
+/// sidecar is judged by. The listener calls [`Proxy::handle`] directly; tests can drive it as a
+/// `tower::Service` (`app(state).oneshot(request)`).
+pub fn app(state: ProxyState) -> Proxy {
+    Proxy {
+        state: Arc::new(state),
+    }
+}
+
+/// See [`app`]. Cheap to clone (one shared state).
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    state: Arc<ProxyState>,
+}
+
+impl Proxy {
+    /// Answers one request: the access, path and in-flight checks (see [`Access`]), then the route.
+    pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
+        guard::guard(&self.state, request).await
+    }
+}
+
+impl tower::Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let proxy = self.clone();
+        Box::pin(async move { Ok(proxy.handle(request).await) })
+    }
 }
 
 /// Serves [`app`] on `listener` within [`ProxyConfig::limits`] until `shutdown` completes; then stops

@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
 use http::Request;
@@ -40,7 +39,6 @@ use retrybudget_telemetry::Telemetry;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tower::ServiceExt as _;
 
 /// Limits of the listener and of request handling; every one is a flag of `retrybudget proxy`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +80,7 @@ const MAX_REFUSING: usize = 64;
 /// finish its current request and close, and waits for them at most `grace`.
 pub(crate) async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: crate::Proxy,
     limits: Limits,
     telemetry: Telemetry,
     grace: Duration,
@@ -182,7 +180,7 @@ async fn refuse(mut stream: TcpStream) {
 // === one connection ===
 
 struct Connection {
-    app: Router,
+    app: crate::Proxy,
     limits: Arc<Limits>,
     builder: http1::Builder,
     stopping: watch::Receiver<bool>,
@@ -263,10 +261,7 @@ impl Connection {
             let app = app.clone();
             let activity = Arc::clone(&in_service);
             async move {
-                let response = match app.oneshot(request.map(Body::new)).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
+                let response = app.handle(request.map(Body::new)).await;
                 Ok::<_, Infallible>(response.map(|body| Finished {
                     inner: body,
                     activity: Some(activity),

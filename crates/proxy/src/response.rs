@@ -192,6 +192,16 @@ pub(crate) fn unreadable_body() -> Response {
     )
 }
 
+/// 405 for a method other than GET or HEAD on `/metrics` or `/healthz`.
+pub(crate) fn method_not_allowed() -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+    response
+}
+
 /// 404 for anything outside `/v1/*`, `/metrics` and `/healthz` (the path is not echoed: it may carry data).
 pub(crate) fn not_found() -> Response {
     error_response(
