@@ -25,10 +25,12 @@ command -v cargo-mutants >/dev/null || {
 }
 export PROPTEST_CASES="${PROPTEST_CASES:-128}"
 export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-0}"
+jobs=()
+[ -n "${MUTANTS_JOBS:-}" ] && jobs=(--jobs "$MUTANTS_JOBS") # cargo-mutants refuses --jobs with --in-place
 exec nice -n 10 cargo mutants \
   --package "retrybudget-$crate" \
   --output "target/mutants-$crate" \
-  --jobs "${MUTANTS_JOBS:-1}" \
+  "${jobs[@]}" \
   --minimum-test-timeout "${MUTANTS_MIN_TIMEOUT:-60}" \
   --cargo-test-arg=--lib --cargo-test-arg=--tests \
   "$@"
