@@ -261,7 +261,7 @@ evidence_check() {
     local lines attempts dropped
     sleep 1.2 # the evidence writer flushes periodically
     # Every file: the proxy rotates the evidence file at 100 MiB (EVIDENCE.1, .2, …) under a long load.
-    lines=$(cat "$EVIDENCE" "$EVIDENCE".[0-9]* 2>/dev/null | wc -l)
+    lines=$(find "$(dirname "$EVIDENCE")" -maxdepth 1 -name "$(basename "$EVIDENCE")*" -exec cat {} + | wc -l)
     attempts=$(curl -fsS "http://$full_ADDR/metrics" | awk '/^retrybudget_attempts_total/ { s += $NF } END { printf "%d", s }')
     dropped=$(curl -fsS "http://$full_ADDR/metrics" | awk '/^retrybudget_telemetry_dropped/ { s += $NF } END { printf "%d", s }')
     echo "   evidence (full proxy so far): $lines JSONL lines, retrybudget_attempts_total=$attempts, retrybudget_telemetry_dropped=$dropped"
