@@ -104,17 +104,29 @@ fn body_failure(e: &hyper::Error) -> FailureKind {
     }
 }
 
-/// Whether `e` or an error in its source chain is a TLS failure (a certificate, an alert, a handshake), for
-/// transports that classify their own errors. Pass an error whose message cannot contain the URL (its host may
-/// well contain "tls"): e.g. the *source* of a `reqwest::Error`.
+/// Whether `e` or an error in its source chain is a TLS failure (a certificate, an alert, a handshake, a peer
+/// that does not speak TLS), for transports that classify their own errors. rustls's own error is recognised
+/// by type, also inside the `io::Error` that TLS streams wrap it in (whose `source()` skips it); other stacks by
+/// their message, so pass an error whose message cannot contain the URL (its host may well contain "tls"):
+/// e.g. the *source* of a `reqwest::Error`.
 pub fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(e);
-    while let Some(s) = source {
+    let mut next = Some(e);
+    while let Some(s) = next {
+        if s.is::<rustls::Error>() {
+            return true;
+        }
         let text = s.to_string().to_ascii_lowercase();
         if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
             return true;
         }
-        source = s.source();
+        // An `io::Error`'s `source()` skips the error it wraps (tokio-rustls nests rustls's in two of them).
+        next = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
     }
     false
 }
