@@ -22,12 +22,12 @@ use crate::{
 impl Client {
     /// Makes a logical call: attempts, decisions, backoff and evidence. Returns the final upstream response if
     /// one arrived (whatever its status), else the [`CallError`]. Ended as `cancelled` by
-    /// [`Client::cancel_inflight`] unless its response was already handed over.
+    /// [`Client::cancel_inflight`](crate::Client::cancel_inflight) unless its response was already handed over.
     pub async fn send(&self, request: RawRequest) -> Result<Exchange, CallError> {
         self.send_via(request, self.inner.http.clone()).await
     }
 
-    /// [`Client::send`] with each attempt sent through `transport` — e.g. the rest of a `reqwest-middleware`
+    /// [`Client::send`](crate::Client::send) with each attempt sent through `transport` — e.g. the rest of a `reqwest-middleware`
     /// chain — instead of this client's own connection pool: the same policy, budget, spans and evidence.
     pub async fn send_via<T: Transport>(
         &self,

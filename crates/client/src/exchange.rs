@@ -12,7 +12,7 @@ use retrybudget_telemetry::CallerRetry;
 
 use crate::{CHAT_COMPLETIONS, ChatStream};
 
-/// A request as the proxy (or [`Client::chat`]) hands it over: bytes in, bytes out.
+/// A request as the proxy (or [`Client::chat`](crate::Client::chat)) hands it over: bytes in, bytes out.
 ///
 /// `Debug` shows header names and the body's length only: headers carry credentials, the body the prompt.
 #[derive(Clone)]
@@ -44,7 +44,7 @@ pub struct RawRequest {
     pub caller_retry: Option<CallerRetry>,
     /// With a `caller_retry`: its first attempt withdraws from the shared budget like a retry (instead of
     /// depositing like new traffic) and its allowance counts the caller's earlier attempts; when the budget
-    /// cannot pay, [`Client::send`] makes no attempt and returns a `budget_exhausted` [`CallError`] with a
+    /// cannot pay, [`Client::send`](crate::Client::send) makes no attempt and returns a `budget_exhausted` [`CallError`](crate::CallError) with a
     /// `retry_after_secs`.
     pub caller_retry_pays: bool,
     /// The caller's deadline, if shorter than the configured one.
