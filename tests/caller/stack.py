@@ -8,59 +8,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import sys
 from dataclasses import dataclass, field
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from procs import Proc, binary, free_port, wait_http  # noqa: E402  (tests/procs.py)
+
 MODEL = "fake-model"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def binary() -> str:
-    path = os.environ.get("RETRYBUDGET_BIN", "")
-    if not path or not os.path.exists(path):
-        raise RuntimeError("set RETRYBUDGET_BIN to the built `retrybudget` binary (make test does)")
-    return path
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
-class Proc:
-    def __init__(self, args, log_dir, name):
-        self.name = name
-        self.out = open(os.path.join(log_dir, f"{name}.out"), "wb")
-        self.err = open(os.path.join(log_dir, f"{name}.err"), "wb")
-        self.p = subprocess.Popen(args, stdout=self.out, stderr=self.err, stdin=subprocess.DEVNULL)
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self.out.close()
-        self.err.close()
 
 
 @dataclass

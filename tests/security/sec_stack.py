@@ -4,8 +4,7 @@ import http.server
 import json
 import os
 import resource
-import socket
-import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -13,33 +12,11 @@ import urllib.request
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from procs import Proc, binary, free_port, wait_http  # noqa: E402  (tests/procs.py)
+
 PROVIDER_KEY = "sk-provider-canary-5b1e0c"
 CALLER_TOKEN = "caller-token-canary-9d2f41aa"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
-def binary() -> str:
-    path = os.environ.get("RETRYBUDGET_BIN", "")
-    if not path or not os.path.exists(path):
-        raise RuntimeError("set RETRYBUDGET_BIN to the built `retrybudget` binary (make test does)")
-    return path
 
 
 def raise_open_files_limit() -> None:
@@ -48,31 +25,6 @@ def raise_open_files_limit() -> None:
     want = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
-class Proc:
-    def __init__(self, args, log_dir, name, env=None):
-        self.out_path = os.path.join(log_dir, f"{name}.out")
-        self.err_path = os.path.join(log_dir, f"{name}.err")
-        self.out = open(self.out_path, "wb")
-        self.err = open(self.err_path, "wb")
-        self.p = subprocess.Popen(args, stdout=self.out, stderr=self.err, stdin=subprocess.DEVNULL, env=env)
-
-    def logs(self) -> str:
-        self.out.flush()
-        self.err.flush()
-        return open(self.out_path, errors="replace").read() + open(self.err_path, errors="replace").read()
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self.out.close()
-        self.err.close()
 
 
 class Capture(http.server.ThreadingHTTPServer):

@@ -1,0 +1,64 @@
+"""Process helpers shared by the Python suites (tests/sdk, tests/security, tests/caller, bench/): a free
+loopback port, a wait for an HTTP endpoint, the `retrybudget` binary under test, and a child process whose output
+goes to log files and that is stopped by its pid.
+
+Nothing here sleeps for timing: waits poll for a condition with a generous bound.
+"""
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def binary() -> str:
+    path = os.environ.get("RETRYBUDGET_BIN", "")
+    if not path or not os.path.exists(path):
+        raise RuntimeError("set RETRYBUDGET_BIN to the built `retrybudget` binary (make test does)")
+    return path
+
+
+class Proc:
+    """A child process with stdout/stderr in `log_dir/name.{out,err}`; `stop` terminates it (kill after 10 s)."""
+
+    def __init__(self, args, log_dir, name, env=None):
+        self.name = name
+        self.out_path = os.path.join(log_dir, f"{name}.out")
+        self.err_path = os.path.join(log_dir, f"{name}.err")
+        self.out = open(self.out_path, "wb")
+        self.err = open(self.err_path, "wb")
+        self.p = subprocess.Popen(args, stdout=self.out, stderr=self.err, stdin=subprocess.DEVNULL, env=env)
+
+    def logs(self) -> str:
+        self.out.flush()
+        self.err.flush()
+        return open(self.out_path, errors="replace").read() + open(self.err_path, errors="replace").read()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.out.close()
+        self.err.close()
