@@ -171,6 +171,10 @@ pub struct ProxyArgs {
     /// [default: 256]
     #[arg(long, env = "RETRYBUDGET_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<u32>,
+    /// Threads serving connections, each keeping its connections (and their upstream connections) to itself
+    /// (1 to 256) [default: the CPUs available to the process]
+    #[arg(long, env = "RETRYBUDGET_THREADS", value_name = "N")]
+    pub threads: Option<u32>,
 }
 
 /// Retry policy flags (proxy).

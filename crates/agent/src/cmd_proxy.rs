@@ -60,6 +60,7 @@ struct ProxyFile {
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
     max_in_flight: Option<u32>,
+    threads: Option<u32>,
     max_models_per_route: Option<u32>,
 }
 
@@ -208,6 +209,7 @@ pub(crate) async fn run(
         idle_timeout: file.idle_timeout,
         max_connections: file.max_connections,
         max_in_flight: file.max_in_flight,
+        threads: file.threads,
     };
     let rotation = evidence_rotation(
         &layers,
@@ -419,6 +421,7 @@ struct FileAccess {
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
     max_in_flight: Option<u32>,
+    threads: Option<u32>,
 }
 
 /// Who may use the proxy: allowed hosts and origins, the caller token and the header carrying the key.
@@ -574,11 +577,29 @@ fn limits(
         file.max_in_flight.take(),
         d.max_in_flight,
     )?;
+    // One connection thread per CPU the process may use (std reads cgroup CPU quotas, so a container
+    // limited to one CPU gets one).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(256));
+    let threads = layers.pick_or(
+        "threads",
+        args.threads,
+        file.threads.take(),
+        u32::try_from(cpus).unwrap_or(1),
+    );
+    check_range(
+        layers,
+        "threads",
+        &threads,
+        1,
+        256,
+        "a number from 1 to 256",
+    )?;
     Ok(Limits {
         header_read_timeout,
         body_read_timeout,
         idle_timeout,
         max_connections,
         max_in_flight,
+        threads: threads.value as usize,
     })
 }

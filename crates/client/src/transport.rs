@@ -12,8 +12,19 @@
 //! layers (URL re-parsing, header conversion, its own retry and redirect services) than in its policy
 //! (BENCHMARKS.md). Redirects are never followed (a 3xx is the upstream's answer, relayed as it came), and
 //! certificates are checked against the platform's roots, as reqwest did.
+//!
+//! # Why one pool per thread
+//! hyper's client drives each upstream connection as a task of its own and hands it requests over a channel.
+//! A connection set up by one thread and checked out by a request on another makes every request cross
+//! threads twice (request in, response out), each crossing a wake-up: on a small machine under load, those
+//! wake-ups cost more than the request itself (BENCHMARKS.md). So each thread sending attempts has its own
+//! idle connections — the proxy's connection threads each keep their own — and a request on a thread reuses
+//! only connections that thread set up. The pools share the connector (TLS config, roots, timeouts); a
+//! thread's pool goes away with the last clone of the [`Pool`] it belongs to.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,31 +49,60 @@ pub trait Transport: Send {
 }
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Hyper = HyperClient<Connector, Full<Bytes>>;
 
-/// The client's own connection pool: keep-alive HTTP/1.1 (HTTP/2 when the upstream offers it over TLS).
+/// The client's own connection pools, one per thread that sends (see the module docs): keep-alive HTTP/1.1
+/// (HTTP/2 when the upstream offers it over TLS).
 #[derive(Clone, Debug)]
-pub(crate) struct Pool(HyperClient<Connector, Full<Bytes>>);
+pub(crate) struct Pool {
+    connector: Connector,
+    /// Alive while any clone of this pool is: the threads' pools of a dropped client are dropped too (their
+    /// idle connections closed) the next time those threads look for a pool.
+    alive: Arc<()>,
+}
+
+thread_local! {
+    /// This thread's pools, one per live [`Pool`] it sent through.
+    static POOLS: RefCell<Vec<(Weak<()>, Hyper)>> = const { RefCell::new(Vec::new()) };
+}
 
 impl Pool {
-    /// A pool whose connections are set up within `connect_timeout` and closed after 60 s unused.
+    /// Pools whose connections are set up within `connect_timeout` and closed after 60 s unused.
     pub(crate) fn new(connect_timeout: Duration) -> Result<Pool, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .try_with_platform_verifier()
             .map_err(|e| format!("cannot load the platform's TLS roots: {e}"))?
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
-        Ok(Pool(client))
+        Ok(Pool {
+            connector,
+            alive: Arc::new(()),
+        })
+    }
+
+    /// The calling thread's pool (made on first use; the pools of dropped clients are let go here).
+    fn local(&self) -> Hyper {
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            pools.retain(|(owner, _)| owner.strong_count() > 0);
+            let me = Arc::downgrade(&self.alive);
+            if let Some((_, hyper)) = pools.iter().find(|(owner, _)| owner.ptr_eq(&me)) {
+                return hyper.clone();
+            }
+            let hyper = HyperClient::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(self.connector.clone());
+            pools.push((me, hyper.clone()));
+            hyper
+        })
     }
 }
 
@@ -72,7 +112,7 @@ impl Transport for Pool {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<ResponseBody>, FailureKind> {
         let response = self
-            .0
+            .local()
             .request(request.map(Full::new))
             .await
             .map_err(|e| sending_failure(&e))?;

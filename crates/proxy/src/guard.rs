@@ -58,8 +58,8 @@ pub(crate) async fn guard(state: &ProxyState, request: Request) -> Response {
     let mut permit = None;
     if parts.uri.path().starts_with("/v1/") {
         let path_and_query = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
-        let checked = path::check(parts.uri.path())
-            .and_then(|()| path::check_joined(state.client().base_url(), path_and_query));
+        let checked =
+            path::check(parts.uri.path()).and_then(|()| state.check_joined(path_and_query));
         if let Err(error) = checked {
             state
                 .client()

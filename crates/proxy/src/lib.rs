@@ -127,6 +127,8 @@ pub struct ProxyState {
     config: Arc<ProxyConfig>,
     callers: caller::CallerTable,
     in_flight: Arc<Semaphore>,
+    /// The client's base URL, parsed once for the joined-path check.
+    base: Option<Arc<path::Base>>,
 }
 
 // === impl ProxyState ===
@@ -136,6 +138,7 @@ impl ProxyState {
     pub fn new(client: Client, config: ProxyConfig) -> ProxyState {
         let in_flight = Arc::new(Semaphore::new(config.limits.max_in_flight.max(1)));
         ProxyState {
+            base: path::Base::parse(client.base_url()).map(Arc::new),
             client,
             callers: caller::CallerTable::new(config.caller),
             config: Arc::new(config),
@@ -158,6 +161,14 @@ impl ProxyState {
 
     pub(crate) fn in_flight(&self) -> &Arc<Semaphore> {
         &self.in_flight
+    }
+
+    /// `path_and_query` joined to the upstream base stays under its `/v1/` (refused if the base never parsed).
+    pub(crate) fn check_joined(&self, path_and_query: &str) -> Result<(), path::PathError> {
+        self.base
+            .as_ref()
+            .ok_or(path::PathError::Escapes)?
+            .check_joined(path_and_query)
     }
 
     /// The same state, with the listen address among the accepted `Host`s.

@@ -14,6 +14,14 @@
 //! Both connection timers run on a watchdog per connection, independent of whether hyper is being polled
 //! for progress: a peer that stops sending cannot hold its timer still.
 //!
+//! # Connection threads
+//! With [`Limits::threads`] > 0, each accepted connection is handed to the least busy of that many threads,
+//! each running a single-threaded runtime of its own, and lives there until it closes: its requests, its
+//! upstream attempts (the client keeps a connection pool per thread) and its streams. Nothing of a request
+//! crosses threads but its telemetry, so a request is not passed between workers by work stealing, which
+//! woke a sleeping worker for nearly every request and cost more than the request's own work on a small
+//! machine (BENCHMARKS.md). Connections are long-lived (keep-alive), so one hand-off per connection is cheap.
+//!
 //! # What must never happen
 //! - The accept loop stopping because the process ran out of file descriptors (it waits and goes on).
 //! - Shutdown waiting for more than the grace period, or accepting new connections after the signal.
@@ -24,7 +32,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -53,6 +61,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Proxied requests in progress at once, streams included (default 256); one more gets a local 503.
     pub max_in_flight: usize,
+    /// Threads that serve connections (see the module docs); 0 (the default) serves them as tasks of the
+    /// runtime [`crate::serve`] runs on.
+    pub threads: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +74,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_in_flight: 256,
+            threads: 0,
         }
     }
 }
@@ -101,6 +113,7 @@ pub(crate) async fn serve(
                 .header_read_timeout
                 .saturating_add(limits.idle_timeout),
         );
+    let threads = Threads::start(limits.threads)?;
     let limits = Arc::new(limits);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -133,7 +146,7 @@ pub(crate) async fn serve(
             builder: builder.clone(),
             stopping: stopping.clone(),
         };
-        tokio::spawn(async move {
+        threads.spawn(stream, move |stream| async move {
             conn.run(stream).await;
             drop(permit);
         });
@@ -143,7 +156,99 @@ pub(crate) async fn serve(
     // Every connection holds a permit until it ends: all of them back means all connections are closed.
     let all_closed = connections.acquire_many(max as u32);
     let _ = tokio::time::timeout(grace, all_closed).await;
+    // Connections still open are dropped with their thread's runtime, before `serve` returns: a request cut
+    // off there still writes its `cancelled` evidence before the caller flushes telemetry.
+    threads.stop().await;
     Ok(())
+}
+
+/// One connection counted on its thread until dropped (however its task ends).
+struct Load(Arc<AtomicUsize>);
+
+impl Load {
+    fn add(load: &Arc<AtomicUsize>) -> Load {
+        load.fetch_add(1, Ordering::Relaxed);
+        Load(Arc::clone(load))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection threads of [`Limits::threads`] (none: connections are tasks of the current runtime).
+struct Threads(Vec<ConnectionThread>);
+
+struct ConnectionThread {
+    runtime: tokio::runtime::Handle,
+    /// Connections it serves now.
+    load: Arc<AtomicUsize>,
+    /// Dropped to stop the thread; `stopped` completes once its runtime (and every connection) is dropped.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Threads {
+    fn start(count: usize) -> io::Result<Threads> {
+        (0..count)
+            .map(|i| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let handle = runtime.handle().clone();
+                let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+                let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
+                std::thread::Builder::new()
+                    .name(format!("retrybudget-conn-{i}"))
+                    .spawn(move || {
+                        let _ = runtime.block_on(stop_rx);
+                        drop(runtime);
+                        let _ = stopped_tx.send(());
+                    })?;
+                Ok(ConnectionThread {
+                    runtime: handle,
+                    load: Arc::new(AtomicUsize::new(0)),
+                    stop: Some(stop),
+                    stopped,
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()
+            .map(Threads)
+    }
+
+    /// Serves `stream` with `serve` on the least busy thread, or as a task of the current runtime.
+    fn spawn<F, Fut>(&self, stream: TcpStream, serve: F)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(thread) = self.0.iter().min_by_key(|t| t.load.load(Ordering::Relaxed)) else {
+            tokio::spawn(serve(stream));
+            return;
+        };
+        // A socket belongs to the runtime that registered it: moved as a std socket, registered there.
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        let load = Load::add(&thread.load);
+        thread.runtime.spawn(async move {
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                serve(stream).await;
+            }
+            drop(load);
+        });
+    }
+
+    /// Stops every thread, dropping the connections still open, and waits (at most a second) until they are.
+    async fn stop(mut self) {
+        for thread in &mut self.0 {
+            thread.stop.take();
+        }
+        let all = futures_util::future::join_all(self.0.into_iter().map(|t| t.stopped));
+        let _ = tokio::time::timeout(Duration::from_secs(1), all).await;
+    }
 }
 
 /// Errors of one failed handshake, which say nothing about the listener.

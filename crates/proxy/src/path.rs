@@ -115,23 +115,54 @@ fn hex_pair(hex: &[u8]) -> Option<u8> {
     Some((digit(hex[0])? * 16 + digit(hex[1])?) as u8)
 }
 
-/// The last line of defence: `base` joined with `path_and_query` must parse, keep the base's scheme, host and
-/// port, and its path must still start with the base's path + `/v1/`.
-pub(crate) fn check_joined(base: &str, path_and_query: &str) -> Result<(), PathError> {
-    let base_url = url::Url::parse(base).map_err(|_| PathError::Escapes)?;
-    let joined =
-        url::Url::parse(&format!("{base}{path_and_query}")).map_err(|_| PathError::Escapes)?;
-    let prefix = format!("{}/v1/", base_url.path().trim_end_matches('/'));
-    let same_origin = joined.scheme() == base_url.scheme()
-        && joined.host_str() == base_url.host_str()
-        && joined.port_or_known_default() == base_url.port_or_known_default()
-        && joined.username() == base_url.username()
-        && joined.fragment().is_none();
-    if same_origin && joined.path().starts_with(&prefix) {
-        Ok(())
-    } else {
-        Err(PathError::Escapes)
+/// The upstream base URL, parsed once: the last line of defence ([`Base::check_joined`]) runs on every `/v1/`
+/// request and would otherwise re-parse the base each time.
+#[derive(Debug, Clone)]
+pub(crate) struct Base {
+    raw: String,
+    url: url::Url,
+    /// The base's path + `/v1/`: every joined path must start with it.
+    prefix: String,
+}
+
+impl Base {
+    /// `None` when `base` is not a URL: then every joined path is refused (fail closed).
+    pub(crate) fn parse(base: &str) -> Option<Base> {
+        let url = url::Url::parse(base).ok()?;
+        let prefix = format!("{}/v1/", url.path().trim_end_matches('/'));
+        Some(Base {
+            raw: base.to_owned(),
+            url,
+            prefix,
+        })
     }
+
+    /// The base joined with `path_and_query` must parse, keep the base's scheme, host, port and user, carry no
+    /// fragment, and its path must still start with the base's path + `/v1/`.
+    pub(crate) fn check_joined(&self, path_and_query: &str) -> Result<(), PathError> {
+        let mut text = String::with_capacity(self.raw.len() + path_and_query.len());
+        text.push_str(&self.raw);
+        text.push_str(path_and_query);
+        let joined = url::Url::parse(&text).map_err(|_| PathError::Escapes)?;
+        let base = &self.url;
+        let same_origin = joined.scheme() == base.scheme()
+            && joined.host_str() == base.host_str()
+            && joined.port_or_known_default() == base.port_or_known_default()
+            && joined.username() == base.username()
+            && joined.fragment().is_none();
+        if same_origin && joined.path().starts_with(&self.prefix) {
+            Ok(())
+        } else {
+            Err(PathError::Escapes)
+        }
+    }
+}
+
+/// [`Base::check_joined`] for a base given as text (tests and fuzzing).
+pub(crate) fn check_joined(base: &str, path_and_query: &str) -> Result<(), PathError> {
+    Base::parse(base)
+        .ok_or(PathError::Escapes)?
+        .check_joined(path_and_query)
 }
 
 #[cfg(test)]

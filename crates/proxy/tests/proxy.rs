@@ -14,7 +14,8 @@ use retrybudget_client::{Client, ClientConfig};
 use retrybudget_fake_upstream::{FakeUpstream, Fault, Step};
 use retrybudget_policy::{BudgetConfig, PolicyConfig};
 use retrybudget_proxy::{
-    ATTEMPTS_HEADER, OUTCOME_HEADER, ProxyConfig, ProxyState, STREAM_INTERRUPTED_EVENT, app, serve,
+    ATTEMPTS_HEADER, Limits, OUTCOME_HEADER, ProxyConfig, ProxyState, STREAM_INTERRUPTED_EVENT,
+    app, serve,
 };
 use retrybudget_telemetry::{Telemetry, TelemetryConfig};
 use serde_json::{Value, json};
@@ -1014,6 +1015,97 @@ async fn shutdown_never_waits_longer_than_the_grace_period() {
         "returned after {took:?}, grace {GRACE:?}"
     );
     assert_eq!(upstream.attempts(), 1, "the upstream was asked once");
+    stuck.abort();
+    upstream.shutdown().await;
+}
+
+/// With connection threads, each connection is served on a thread of its own (the upstream sees every
+/// request, callers on several connections get their answers), and a request still in flight when the grace
+/// period ends is dropped with its thread before `serve` returns: its `cancelled` evidence is already written
+/// then, not lost with a thread that outlives the flush.
+#[tokio::test]
+async fn connection_threads_serve_and_drop_what_is_left_before_serve_returns() {
+    const GRACE: Duration = Duration::from_millis(200);
+    let upstream = FakeUpstream::start(any_port()).await.unwrap();
+    let config = ProxyConfig {
+        shutdown_grace: GRACE,
+        limits: Limits {
+            threads: 2,
+            ..Limits::default()
+        },
+        ..ProxyConfig::default()
+    };
+    let state = state_for(
+        &upstream.base_url(),
+        fast_policy(),
+        Telemetry::local(),
+        config,
+    );
+    let running = start(state.clone()).await;
+    let url = format!("http://{}/v1/chat/completions", running.addr);
+
+    // Four callers, each on its own connection, two requests each.
+    let callers: Vec<_> = (0..4)
+        .map(|caller| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .unwrap();
+                let mut statuses = Vec::new();
+                for n in 0..2 {
+                    // Distinct bodies: the same body in flight twice is a caller's re-send.
+                    let body = json!({"model": "fake-model", "messages": [{"role": "user", "content": format!("caller {caller} request {n}")}]});
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(r.status().as_u16());
+                    r.bytes().await.unwrap();
+                }
+                statuses
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap(), [200, 200]);
+    }
+    assert_eq!(upstream.attempts(), 8);
+
+    upstream.set_default(Step::ok().delay(Duration::from_secs(30)));
+    let stuck = tokio::spawn(async move {
+        http()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(chat_body(false))
+            .send()
+            .await
+    });
+    wait_for("the request to reach the upstream", || {
+        upstream.attempts() == 9
+    })
+    .await;
+    assert!(!has_call_outcome(
+        &state.client().telemetry().prometheus_text(),
+        "cancelled"
+    ));
+    let signalled = Instant::now();
+    running.stop.send(()).unwrap();
+    let returned = tokio::time::timeout(GRACE * 10, running.server).await;
+    assert!(
+        matches!(returned, Ok(Ok(Ok(())))),
+        "serve returns after the grace period: {returned:?}"
+    );
+    let took = signalled.elapsed();
+    assert!(took >= GRACE, "returned after {took:?}, before the grace");
+    // Read right away, without waiting: the cut-off call was recorded before serve returned.
+    let text = state.client().telemetry().prometheus_text();
+    assert!(has_call_outcome(&text, "cancelled"), "{text}");
     stuck.abort();
     upstream.shutdown().await;
 }
