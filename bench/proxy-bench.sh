@@ -151,7 +151,9 @@ EOF
     } >"$dir/nginx.conf"
     nginx -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' >"$dir/stdout.log" 2>&1 &
     PIDS+=($!)
+    NGINX_MASTER[$1]=$!
 }
+declare -A NGINX_MASTER
 
 echo "== starting origin, nginx hop, rotel, proxies (full evidence / off) on 127.0.0.1"
 ORIGIN_PORT=$(free_port)
@@ -162,6 +164,10 @@ ORIGIN="127.0.0.1:$ORIGIN_PORT"
 NGINX="127.0.0.1:$NGINX_PORT"
 wait_http "http://$ORIGIN/healthz"
 wait_http "http://$NGINX/healthz"
+# The process doing each target's work, whose CPU time per request the throughput table reports: the one nginx
+# worker (not its master), the proxy process (every thread: connections, exporters, evidence writer).
+ORIGIN_WORKER=$(pgrep -P "${NGINX_MASTER[origin]}" | head -1)
+HOP_WORKER=$(pgrep -P "${NGINX_MASTER[hop]}" | head -1)
 
 ROTEL_GRPC=$(free_port)
 ROTEL_HTTP=$(free_port)
@@ -210,9 +216,12 @@ IDLE_OFF=$(rss_mib "$off_PID")
 
 TARGETS=(direct nginx full off)
 declare -A ADDR=([direct]=$ORIGIN [nginx]=$NGINX [full]=$full_ADDR [off]=$off_ADDR)
+declare -A WORKER=([direct]=$ORIGIN_WORKER [nginx]=$HOP_WORKER [full]=$full_PID [off]=$off_PID)
 if [ -n "$BASELINE" ]; then
     ADDR[full@base]=$fullbase_ADDR
     ADDR[off@base]=$offbase_ADDR
+    WORKER[full@base]=$fullbase_PID
+    WORKER[off@base]=$offbase_PID
     TARGETS+=(full@base off@base)
 fi
 AUTH_HEADER=""
@@ -252,10 +261,15 @@ function done(summary, latency, requests)
         summary.requests, e.status, e.connect + e.read + e.write + e.timeout))
 end
 EOF
-run_wrk() { # target connections duration -> RESULT line
-    local url="http://${ADDR[$1]}/v1/chat/completions"
-    wrk -t1 -c"$2" -d"$WARMUP" -s "$TMP/post.lua" "$url" >/dev/null 2>&1 || true
-    wrk -t1 -c"$2" -d"$3" --latency -s "$TMP/post.lua" "$url" | grep '^RESULT'
+warm_wrk() { # target connections
+    wrk -t1 -c"$2" -d"$WARMUP" -s "$TMP/post.lua" "http://${ADDR[$1]}/v1/chat/completions" >/dev/null 2>&1 || true
+}
+measure_wrk() { # target connections duration -> RESULT line
+    wrk -t1 -c"$2" -d"$3" --latency -s "$TMP/post.lua" "http://${ADDR[$1]}/v1/chat/completions" | grep '^RESULT'
+}
+run_wrk() { # target connections duration -> RESULT line, after a warm-up
+    warm_wrk "$1" "$2"
+    measure_wrk "$1" "$2" "$3"
 }
 evidence_check() {
     local lines attempts dropped
@@ -280,14 +294,20 @@ section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 if section throughput; then
     echo
     echo "== throughput: $ROUNDS rounds of wrk -t1 -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up) per target, order rotating"
-    declare -A RPS P50 P99
+    declare -A RPS P50 P99 CPU
     n=${#TARGETS[@]}
     for round in $(seq 1 "$ROUNDS"); do
         line_out="   round $round:"
         for k in $(seq 0 $((n - 1))); do
             t=${TARGETS[$(((k + round - 1) % n))]}
-            r=$(run_wrk "$t" "$CONNECTIONS" "$DURATION")
+            warm_wrk "$t" "$CONNECTIONS"
+            c0=$(cpu_ticks "${WORKER[$t]}")
+            r=$(measure_wrk "$t" "$CONNECTIONS" "$DURATION")
+            c1=$(cpu_ticks "${WORKER[$t]}")
             RPS[$t]+=" $(field rps "$r")"
+            # CPU time of the target's own process per measured request: less noisy than req/s on a shared
+            # machine, where the load generator and the origin share the same cores.
+            CPU[$t]+=" $(awk -v c=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v n="$(field requests "$r")" 'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "n/a" }')"
             P50[$t]+=" $(field p50_ms "$r")"
             P99[$t]+=" $(field p99_ms "$r")"
             errs="$(field non2xx "$r")/$(field socket_errors "$r")"
@@ -297,15 +317,20 @@ if section throughput; then
     done
     evidence_check
     echo
-    echo "| target | req/s (median) | p50 ms | p99 ms | × direct | × nginx hop | p99 × nginx | rounds req/s |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "(CPU µs/req: CPU time of the target's process per request over the measured run — nginx's worker, or the"
+    echo " whole proxy process; for direct, the origin's worker.)"
+    echo
+    echo "| target | req/s (median) | p50 ms | p99 ms | × direct | × nginx hop | p99 × nginx | CPU µs/req | CPU × nginx hop | rounds req/s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
     d_rps=$(median <<<"${RPS[direct]}")
     n_rps=$(median <<<"${RPS[nginx]}")
     n_p99=$(median <<<"${P99[nginx]}")
+    n_cpu=$(median <<<"${CPU[nginx]}")
     for t in "${TARGETS[@]}"; do
         m=$(median <<<"${RPS[$t]}")
         p99=$(median <<<"${P99[$t]}")
-        echo "| $t | $m | $(median <<<"${P50[$t]}") | $p99 | $(ratio "$m" "$d_rps") | $(ratio "$m" "$n_rps") | $(ratio "$p99" "$n_p99") |${RPS[$t]} |"
+        cpu=$(median <<<"${CPU[$t]}")
+        echo "| $t | $m | $(median <<<"${P50[$t]}") | $p99 | $(ratio "$m" "$d_rps") | $(ratio "$m" "$n_rps") | $(ratio "$p99" "$n_p99") | $cpu | $(ratio "$cpu" "$n_cpu") |${RPS[$t]} |"
     done
     f_rps=$(median <<<"${RPS[full]}")
     echo

@@ -148,7 +148,7 @@ impl Client {
                             outcome,
                             attempts: d.attempt + 1,
                             last_status: run.last_status,
-                            error_type: d.error_type.map(|e| e.to_string()),
+                            error_type: d.error_type,
                             retry_after_secs: None,
                         });
                     }

@@ -1,13 +1,13 @@
 //! Errors that tell the caller the outcome, the attempts made, the last status, and what to do next.
 
-use retrybudget_policy::Outcome;
+use retrybudget_policy::{ErrorType, Outcome};
 
 /// A logical call ended without a response to hand back.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("chat call {outcome} after {attempts} attempt(s){}{}: {}",
     last_status.map(|s| format!(", last status {s}")).unwrap_or_default(),
-    error_type.as_ref().map(|e| format!(", error.type {e}")).unwrap_or_default(),
-    advice(*outcome, error_type.as_deref()))]
+    error_type.map(|e| format!(", error.type {e}")).unwrap_or_default(),
+    advice(*outcome, *error_type))]
 pub struct CallError {
     /// Terminal outcome.
     pub outcome: Outcome,
@@ -15,22 +15,22 @@ pub struct CallError {
     pub attempts: u32,
     /// Status of the last response, if any arrived.
     pub last_status: Option<u16>,
-    /// `error.type` of the last attempt.
-    pub error_type: Option<String>,
+    /// `error.type` of the last attempt (the policy's; a renamed or added type changes what callers match).
+    pub error_type: Option<ErrorType>,
     /// When no attempt was made because the shared budget could not pay for a caller's re-send: seconds until
     /// it can pay again (the budget's refill time, at least 1), for a `retry-after`.
     pub retry_after_secs: Option<u64>,
 }
 
-fn advice(outcome: Outcome, error_type: Option<&str>) -> &'static str {
+fn advice(outcome: Outcome, error_type: Option<ErrorType>) -> &'static str {
     match (outcome, error_type) {
-        (_, Some("connect_error")) => {
+        (_, Some(ErrorType::ConnectError)) => {
             "the upstream is unreachable; check the base URL and that it is running"
         }
-        (_, Some("tls_error")) => {
+        (_, Some(ErrorType::TlsError)) => {
             "TLS failed; check the upstream's certificate and the URL's scheme"
         }
-        (_, Some("timeout")) => {
+        (_, Some(ErrorType::Timeout)) => {
             "the upstream did not answer in time; raise the per-attempt timeout or check its health"
         }
         (Outcome::BudgetExhausted, _) => {

@@ -3,14 +3,14 @@
 //! connect error or an exhausted deadline could be replaced by the generic one and every other test still passed.
 
 use retrybudget_client::CallError;
-use retrybudget_policy::Outcome;
+use retrybudget_policy::{ErrorType, Outcome};
 
-fn message(outcome: Outcome, last_status: Option<u16>, error_type: Option<&str>) -> String {
+fn message(outcome: Outcome, last_status: Option<u16>, error_type: Option<ErrorType>) -> String {
     CallError {
         outcome,
         attempts: 3,
         last_status,
-        error_type: error_type.map(str::to_owned),
+        error_type,
         retry_after_secs: None,
     }
     .to_string()
@@ -23,50 +23,50 @@ fn each_cause_gets_its_own_next_step() {
         (
             Outcome::FailedAfterRetry,
             None,
-            Some("connect_error"),
+            Some(ErrorType::ConnectError),
             "check the base URL",
         ),
         (
             Outcome::DeadlineExceeded,
             None,
-            Some("connect_error"),
+            Some(ErrorType::ConnectError),
             "check the base URL",
         ),
         (
             Outcome::FailedWithoutRetry,
             None,
-            Some("tls_error"),
+            Some(ErrorType::TlsError),
             "certificate",
         ),
         (
             Outcome::FailedAfterRetry,
             None,
-            Some("timeout"),
+            Some(ErrorType::Timeout),
             "raise the per-attempt timeout",
         ),
         (
             Outcome::BudgetExhausted,
             Some(503),
-            Some("503"),
+            Some(ErrorType::Status(503)),
             "retry budget is spent",
         ),
         (
             Outcome::DeadlineExceeded,
             Some(503),
-            Some("503"),
+            Some(ErrorType::Status(503)),
             "raise the deadline",
         ),
         (
             Outcome::StreamInterrupted,
             Some(200),
-            Some("stream_interrupted"),
+            Some(ErrorType::StreamInterrupted),
             "re-issue the request",
         ),
         (Outcome::Cancelled, None, None, "the caller went away"),
         (
             Outcome::FailedAfterRetry,
             Some(503),
-            Some("503"),
+            Some(ErrorType::Status(503)),
             "see the evidence record",
         ),
     ];

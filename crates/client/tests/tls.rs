@@ -6,6 +6,7 @@
 
 use retrybudget_client::{ChatError, ChatRequest, Client, ClientConfig};
 use retrybudget_fake_upstream::FakeUpstream;
+use retrybudget_policy::ErrorType;
 use retrybudget_telemetry::Telemetry;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,7 +20,7 @@ async fn https_to_a_plain_http_server_is_a_tls_error() {
         Err(ChatError::Call(e)) => e,
         other => panic!("expected a failed call, got {other:?}"),
     };
-    assert_eq!(error.error_type.as_deref(), Some("tls_error"), "{error}");
+    assert_eq!(error.error_type, Some(ErrorType::TlsError), "{error}");
     assert_eq!(error.attempts, 1, "a TLS failure is not retried: {error}");
     assert!(error.to_string().contains("certificate"), "{error}");
 }

@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
 use retrybudget_client::{CallError, ChatStream, Exchange, ExchangeBody, StreamError};
-use retrybudget_policy::Outcome;
+use retrybudget_policy::{ErrorType, Outcome};
 use retrybudget_telemetry::Telemetry;
 use tokio::sync::mpsc;
 
@@ -244,16 +244,16 @@ pub(crate) fn upstream_failed(error: &CallError) -> Response {
     if let Some(secs) = error.retry_after_secs {
         return retry_budget_exhausted(secs);
     }
-    let timed_out = error.outcome == Outcome::DeadlineExceeded
-        && error.error_type.as_deref() == Some("timeout");
+    let timed_out =
+        error.outcome == Outcome::DeadlineExceeded && error.error_type == Some(ErrorType::Timeout);
     let status = if timed_out {
         StatusCode::GATEWAY_TIMEOUT
     } else {
         StatusCode::BAD_GATEWAY
     };
-    let code = error.error_type.as_deref();
+    let code = error.error_type.map(ErrorType::as_str);
     let mut message = error.to_string();
-    if code == Some("invalid_response") {
+    if error.error_type == Some(ErrorType::InvalidResponse) {
         message.push_str(
             "; the upstream's answer was not usable: larger than the proxy's --max-response-body, or not the \
              JSON it should be",
@@ -263,7 +263,7 @@ pub(crate) fn upstream_failed(error: &CallError) -> Response {
         status,
         &message,
         UPSTREAM_ERROR,
-        code,
+        code.as_deref(),
         None,
         error.attempts,
         error.outcome,
