@@ -47,13 +47,7 @@ impl Inflight {
     /// Starts the evidence of one call; `local` is for a request refused before it could leave (no budget use).
     pub(crate) fn start(client: &Client, request: &crate::RawRequest, local: bool) -> Inflight {
         let inner = &client.inner;
-        // A request that must not be repeated runs under the same policy with an allowance of one attempt.
-        let policy = if request.repeatable {
-            &inner.policy
-        } else {
-            &inner.once
-        };
-        let max_attempts = policy.config().max_attempts;
+        let policy = &inner.policy;
         // Metric label and budget scope: bounded (`_invalid`, `_other`); spans may show any valid id.
         let model = inner.models.label(request.model.as_deref());
         let span_model = model_for_span(request.model.as_deref()).into_owned();
@@ -146,6 +140,13 @@ impl Inflight {
                 client.next_seed(),
             ),
         };
+        // A request that must not be repeated gets one attempt, under the same policy and budget.
+        let call = if request.repeatable {
+            call
+        } else {
+            call.single_attempt()
+        };
+        let max_attempts = call.max_attempts();
         client.call_started();
         Inflight {
             client: client.clone(),

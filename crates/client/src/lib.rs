@@ -96,8 +96,6 @@ pub struct Client {
 struct Inner {
     http: Pool,
     policy: Policy,
-    /// The same policy with an allowance of one attempt, for requests that are not repeatable.
-    once: Policy,
     telemetry: Telemetry,
     base: String,
     /// `base` as `url.full` may show it (see `redact_url`), without a trailing slash.
@@ -142,10 +140,6 @@ impl Client {
         if base.ends_with("/v1") {
             base.truncate(base.len() - 3);
         }
-        let once = Policy::new(PolicyConfig {
-            max_attempts: 1,
-            ..config.policy.clone()
-        })?;
         let policy = Policy::new(config.policy)?;
         let http = Pool::new(config.connect_timeout).map_err(ClientError::Http)?;
         let budgets = policy.clone();
@@ -167,7 +161,6 @@ impl Client {
             inner: Arc::new(Inner {
                 http,
                 policy,
-                once,
                 telemetry,
                 redacted_base: retrybudget_telemetry::redact::redact_url(&base)
                     .map(|b| b.trim_end_matches('/').to_owned()),

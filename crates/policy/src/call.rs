@@ -82,6 +82,7 @@ impl Policy {
             deadline: now.saturating_add(limit),
             attempt: 0,
             prior_attempts,
+            max_attempts: self.config.max_attempts,
             committed: false,
             backoff_total: Duration::ZERO,
             last_delay: Duration::ZERO,
@@ -103,6 +104,8 @@ pub struct Call {
     attempt: u32,
     /// Attempts made for this request before this call (a caller's re-send), counted against the allowance.
     prior_attempts: u32,
+    /// This call's attempt allowance: the policy's, or 1 for a request that must not be repeated.
+    max_attempts: u32,
     committed: bool,
     backoff_total: Duration,
     last_delay: Duration,
@@ -162,6 +165,19 @@ impl Call {
     /// [`Policy::start_caller_retry`]).
     pub fn prior_attempts(&self) -> u32 {
         self.prior_attempts
+    }
+
+    /// Allows this call one attempt, whatever the policy allows: for a request that must not be repeated
+    /// (`crate::repeatable`). It still deposits into and reports on its scope's shared budget like any call.
+    #[must_use]
+    pub fn single_attempt(mut self) -> Call {
+        self.max_attempts = 1;
+        self
+    }
+
+    /// Attempts this call may make, the first included (see [`Call::single_attempt`]).
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
     }
 
     /// The absolute deadline (same clock as `now`).
@@ -268,7 +284,7 @@ impl Call {
 
     fn plan_retry(&mut self, now: Duration, hint: Option<Hint>, d: &mut Decision) -> DecisionKind {
         let cfg = &*self.config;
-        if self.prior_attempts.saturating_add(self.attempt + 1) >= cfg.max_attempts {
+        if self.prior_attempts.saturating_add(self.attempt + 1) >= self.max_attempts {
             return DecisionKind::StopAttemptsExhausted;
         }
         let left = self.deadline.saturating_sub(now);
@@ -322,7 +338,6 @@ impl Call {
             jitter: None,
             backoff_before: self.last_delay,
             allowance_remaining: self
-                .config
                 .max_attempts
                 .saturating_sub(1)
                 .saturating_sub(self.prior_attempts)
@@ -388,6 +403,27 @@ mod tests {
         );
         assert_eq!(d.allowance_remaining, 2);
         assert_eq!(d.error_type, None);
+    }
+
+    #[test]
+    fn a_single_attempt_call_stops_after_its_first_failure_but_deposits() {
+        let p = policy();
+        let before = p.budgets().get("s").balance(T0);
+        let mut call = p.start_call("s", T0, None, 1).single_attempt();
+        // The first attempt paid into the scope like any call's (the default ratio, 0.1).
+        let after = p.budgets().get("s").balance(T0);
+        assert!((after - before - 0.1).abs() < 1e-9, "{before} -> {after}");
+        assert_eq!(call.max_attempts(), 1);
+        let d = call.on_result(T0, &status(503));
+        assert_eq!(
+            (d.kind, d.outcome),
+            (
+                DecisionKind::StopAttemptsExhausted,
+                Some(Outcome::FailedWithoutRetry)
+            )
+        );
+        assert_eq!(d.allowance_remaining, 0);
+        assert_eq!(p.start_call("s", T0, None, 2).max_attempts(), 3);
     }
 
     #[test]
