@@ -10,7 +10,8 @@
 #
 # Sections (SECTIONS, default all, in this order):
 #   throughput : ROUNDS rounds; in each round every target gets a wrk run (order rotates per round); one table
-#                with the median req/s, p50, p99 and the ratios to direct and to nginx, plus every round.
+#                with the median req/s, p50, p99, the CPU time per request of the target's own process (nginx's
+#                worker, the whole proxy) and the ratios to direct and to nginx, plus every round.
 #   rate       : constant-rate, open-loop load (vegeta: requests leave on schedule, so a slow answer does not
 #                hold back the next request — no coordinated omission) at each of RATES req/s; p50/p99/p99.9
 #                per target and added over direct in the same round.

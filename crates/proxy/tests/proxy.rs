@@ -966,6 +966,40 @@ async fn graceful_shutdown_lets_the_request_in_flight_finish() {
     upstream.shutdown().await;
 }
 
+/// Sends a chat request the upstream holds back and returns once it reached the upstream, still in flight.
+async fn stuck_request(
+    url: String,
+    upstream: &FakeUpstream,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let before = upstream.attempts();
+    let stuck = tokio::spawn(async move {
+        http()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(chat_body(false))
+            .send()
+            .await
+    });
+    wait_for("the request to reach the upstream", || {
+        upstream.attempts() == before + 1
+    })
+    .await;
+    assert!(!stuck.is_finished(), "the request is still in flight");
+    stuck
+}
+
+/// Signals shutdown and returns how long `serve` took to return, which it must (cleanly) within 10× `grace`.
+async fn stop_after_grace(running: Running, grace: Duration) -> Duration {
+    let signalled = Instant::now();
+    running.stop.send(()).unwrap();
+    let returned = tokio::time::timeout(grace * 10, running.server).await;
+    assert!(
+        matches!(returned, Ok(Ok(Ok(())))),
+        "serve returns after the grace period: {returned:?}"
+    );
+    signalled.elapsed()
+}
+
 #[tokio::test]
 async fn shutdown_never_waits_longer_than_the_grace_period() {
     const GRACE: Duration = Duration::from_millis(200);
@@ -984,27 +1018,8 @@ async fn shutdown_never_waits_longer_than_the_grace_period() {
     let running = start(state).await;
 
     let url = format!("http://{}/v1/chat/completions", running.addr);
-    let stuck = tokio::spawn(async move {
-        http()
-            .post(url)
-            .header("content-type", "application/json")
-            .body(chat_body(false))
-            .send()
-            .await
-    });
-    wait_for("the request to reach the upstream", || {
-        upstream.attempts() == 1
-    })
-    .await;
-    assert!(!stuck.is_finished(), "the request is still in flight");
-    let signalled = Instant::now();
-    running.stop.send(()).unwrap();
-    let returned = tokio::time::timeout(GRACE * 10, running.server).await;
-    let took = signalled.elapsed();
-    assert!(
-        matches!(returned, Ok(Ok(Ok(())))),
-        "serve returns after the grace period: {returned:?}"
-    );
+    let stuck = stuck_request(url, &upstream).await;
+    let took = stop_after_grace(running, GRACE).await;
     // It waited for the request (the grace period) and no longer than a small factor of it.
     assert!(
         took >= GRACE,
@@ -1078,30 +1093,12 @@ async fn connection_threads_serve_and_drop_what_is_left_before_serve_returns() {
     assert_eq!(upstream.attempts(), 8);
 
     upstream.set_default(Step::ok().delay(Duration::from_secs(30)));
-    let stuck = tokio::spawn(async move {
-        http()
-            .post(url)
-            .header("content-type", "application/json")
-            .body(chat_body(false))
-            .send()
-            .await
-    });
-    wait_for("the request to reach the upstream", || {
-        upstream.attempts() == 9
-    })
-    .await;
+    let stuck = stuck_request(url, &upstream).await;
     assert!(!has_call_outcome(
         &state.client().telemetry().prometheus_text(),
         "cancelled"
     ));
-    let signalled = Instant::now();
-    running.stop.send(()).unwrap();
-    let returned = tokio::time::timeout(GRACE * 10, running.server).await;
-    assert!(
-        matches!(returned, Ok(Ok(Ok(())))),
-        "serve returns after the grace period: {returned:?}"
-    );
-    let took = signalled.elapsed();
+    let took = stop_after_grace(running, GRACE).await;
     assert!(took >= GRACE, "returned after {took:?}, before the grace");
     // Read right away, without waiting: the cut-off call was recorded before serve returned.
     let text = state.client().telemetry().prometheus_text();

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# CPU time per proxied request, side by side (NOT run in CI; results go in BENCHMARKS.md).
+#
+# On a small shared machine req/s swings ±30 % between rounds; the CPU time the hop's own process spends per
+# request moves far less, and it is what a sidecar costs its host. This runs the nginx hop and each variant
+# given on the command line in front of one origin (nginx, 1 worker, a fixed chat completion), in alternating
+# rounds, and prints per target: req/s, CPU µs per request (nginx: its worker; a proxy: the whole process, every
+# thread), and context switches per request.
+#
+#   bash bench/cpu-per-request.sh "LABEL|[VAR=value ...] BINARY full|off" ...
+#   e.g. bash bench/cpu-per-request.sh "old|/tmp/rb-old full" "new|target/release/retrybudget full" \
+#                                      "new-1-thread|RETRYBUDGET_THREADS=1 target/release/retrybudget full"
+#
+# full = JSONL evidence file + OTLP/HTTP to a live `rotel --exporter blackhole`; off = neither. The load is
+# `wrk -t1 -c$CONNECTIONS` for $DURATION seconds after a 1 s warm-up, distinct bodies (a counter in the
+# prompt). SYSCALLS=1 adds syscalls per request (`perf stat` over all but the last second of the
+# run; its tracepoint slows every target). Settings: ROUNDS (2),
+# DURATION (5), CONNECTIONS (32). Needs wrk, nginx, python3 with rotel (`pip install --pre rotel`). Binds 127.0.0.1 only;
+# every process started is stopped by its pid.
+set -uo pipefail
+ROUNDS=${ROUNDS:-2}
+SECS=${DURATION:-5}
+WINDOW=$((SECS > 2 ? SECS - 1 : 1)) # seconds of the measured run that SYSCALLS=1 counts
+CONNECTIONS=${CONNECTIONS:-32}
+(($#)) || { sed -n 2,18p "$0"; exit 2; }
+ROTEL=${ROTEL_AGENT:-$(python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))' 2>/dev/null || true)}
+[ -x "$ROTEL" ] || { echo "cpu-per-request: no rotel-agent: pip install --pre rotel (or set ROTEL_AGENT)" >&2; exit 2; }
+ulimit -n 65536 2>/dev/null || true
+
+TMP=$(mktemp -d -t retrybudget-cpu.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+ORIGIN_PORT=$(free_port)
+HOP_PORT=$(free_port)
+COMPLETION='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"fake-model","choices":[{"index":0,"message":{"role":"assistant","content":"This is a fixed benchmark reply."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}'
+nginx_conf() { # name port location-body -> starts nginx, prints its master pid
+    local dir="$TMP/$1"
+    mkdir -p "$dir/logs" "$dir/tmp"
+    {
+        [ "$(id -u)" = 0 ] && echo "user root;"
+        cat <<EOF
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/b; proxy_temp_path $dir/tmp/p; fastcgi_temp_path $dir/tmp/f;
+    uwsgi_temp_path $dir/tmp/u; scgi_temp_path $dir/tmp/s;
+    keepalive_requests 1000000;
+    upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 256; }
+    server { listen 127.0.0.1:$2 backlog=4096; location / { $3 } }
+}
+EOF
+    } >"$dir/nginx.conf"
+    nginx -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' >"$dir/stdout.log" 2>&1 &
+    PIDS+=($!)
+}
+nginx_conf origin "$ORIGIN_PORT" "default_type application/json; client_body_buffer_size 64k; return 200 '$COMPLETION';"
+nginx_conf hop "$HOP_PORT" 'proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";'
+HOP_MASTER=${PIDS[1]}
+ROTEL_HTTP=$(free_port)
+"$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$(free_port)" --otlp-http-endpoint "127.0.0.1:$ROTEL_HTTP" \
+    --exporter blackhole --pid-file "$TMP/rotel.pid" --log-file "$TMP/rotel.log" >"$TMP/rotel.out" 2>&1 &
+PIDS+=($!)
+sleep 0.5
+HOP_WORKER=$(pgrep -P "$HOP_MASTER" | head -1)
+cat >"$TMP/post.lua" <<'EOF'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, '{"model":"fake-model","messages":[{"role":"user","content":"benchmark placeholder ' .. n .. '"}],"max_tokens":16}')
+end
+EOF
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
+measure() { # label pid addr
+    local url="http://$3/v1/chat/completions"
+    wrk -t1 -c"$CONNECTIONS" -d1s -s "$TMP/post.lua" "$url" >/dev/null 2>&1
+    local t0 c0 t1 c1 out rps sp=""
+    t0=$(ticks "$2"); c0=$(switches "$2")
+    if [ "${SYSCALLS:-0}" = 1 ]; then
+        perf stat -e raw_syscalls:sys_enter -p "$2" -o "$TMP/stat" -- sleep "$WINDOW" >/dev/null 2>&1 &
+        sp=$!
+    fi
+    out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECS}s" -s "$TMP/post.lua" "$url")
+    t1=$(ticks "$2"); c1=$(switches "$2")
+    rps=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
+    awk -v l="$1" -v rps="$rps" -v t=$((t1 - t0)) -v c=$((c1 - c0)) -v s="$SECS" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        n = rps * s; printf "%-24s %8.0f req/s  CPU %6.1f µs/req  %5.2f context switches/req  (%.0f %% of one CPU)\n",
+        l, rps, t / hz * 1e6 / n, c / n, 100 * t / hz / s }'
+    grep -E 'Non-2xx|Socket errors' <<<"$out" | sed 's/^/    /'
+    if [ -n "$sp" ]; then
+        wait "$sp"
+        awk -v n="$(awk -v r="$rps" -v w="$WINDOW" 'BEGIN { print r * w }')" '/sys_enter/ { gsub(",", "", $1); printf "    %.2f syscalls/req\n", $1 / n }' "$TMP/stat"
+    fi
+}
+for round in $(seq 1 "$ROUNDS"); do
+    echo "== round $round (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+    measure nginx-hop "$HOP_WORKER" "127.0.0.1:$HOP_PORT"
+    for variant in "$@"; do
+        label=${variant%%|*}
+        read -r -a words <<<"${variant#*|}"
+        envs=()
+        while [[ ${words[0]} == *=* ]]; do envs+=("${words[0]}"); words=("${words[@]:1}"); done
+        bin=${words[0]}
+        mode=${words[1]:-full}
+        cmd=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u RETRYBUDGET_EVIDENCE_FILE RETRYBUDGET_MAX_IN_FLIGHT=8192 "${envs[@]}")
+        args=(proxy --listen 127.0.0.1:0 --upstream "http://127.0.0.1:$ORIGIN_PORT")
+        if [ "$mode" = full ]; then
+            cmd+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$ROTEL_HTTP" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+                OTEL_METRIC_EXPORT_INTERVAL=5000 OTEL_BSP_MAX_QUEUE_SIZE=16384)
+            args+=(--evidence-file "$TMP/evidence-$label-$round.jsonl")
+        fi
+        "${cmd[@]}" "$bin" "${args[@]}" >"$TMP/proxy.log" 2>&1 &
+        pid=$!
+        PIDS+=($pid)
+        addr=""
+        for _ in $(seq 1 200); do
+            addr=$(grep -o 'listening on http://[0-9.:]*' "$TMP/proxy.log" | head -1 | sed 's|listening on http://||')
+            [ -n "$addr" ] && break
+            sleep 0.05
+        done
+        [ -n "$addr" ] || { echo "$label: the proxy did not start:" >&2; cat "$TMP/proxy.log" >&2; exit 1; }
+        measure "$label" "$pid" "$addr"
+        kill "$pid"
+        wait "$pid" 2>/dev/null
+    done
+done
