@@ -35,43 +35,17 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+source "$(dirname "$0")/common.sh"
 ORIGIN_PORT=$(free_port)
 HOP_PORT=$(free_port)
-COMPLETION='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"fake-model","choices":[{"index":0,"message":{"role":"assistant","content":"This is a fixed benchmark reply."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}'
-nginx_conf() { # name port location-body -> starts nginx, prints its master pid
-    local dir="$TMP/$1"
-    mkdir -p "$dir/logs" "$dir/tmp"
-    {
-        [ "$(id -u)" = 0 ] && echo "user root;"
-        cat <<EOF
-worker_processes 1;
-worker_rlimit_nofile 65536;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $dir/tmp/b; proxy_temp_path $dir/tmp/p; fastcgi_temp_path $dir/tmp/f;
-    uwsgi_temp_path $dir/tmp/u; scgi_temp_path $dir/tmp/s;
-    keepalive_requests 1000000;
-    upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 256; }
-    server { listen 127.0.0.1:$2 backlog=4096; location / { $3 } }
-}
-EOF
-    } >"$dir/nginx.conf"
-    nginx -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' >"$dir/stdout.log" 2>&1 &
-    PIDS+=($!)
-}
 nginx_conf origin "$ORIGIN_PORT" "default_type application/json; client_body_buffer_size 64k; return 200 '$COMPLETION';"
 nginx_conf hop "$HOP_PORT" 'proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";'
-HOP_MASTER=${PIDS[1]}
 ROTEL_HTTP=$(free_port)
 "$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$(free_port)" --otlp-http-endpoint "127.0.0.1:$ROTEL_HTTP" \
     --exporter blackhole --pid-file "$TMP/rotel.pid" --log-file "$TMP/rotel.log" >"$TMP/rotel.out" 2>&1 &
 PIDS+=($!)
 sleep 0.5
-HOP_WORKER=$(pgrep -P "$HOP_MASTER" | head -1)
+HOP_WORKER=$(pgrep -P "${NGINX_MASTER[hop]}" | head -1)
 cat >"$TMP/post.lua" <<'EOF'
 local n = 0
 request = function()
@@ -79,19 +53,18 @@ request = function()
   return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, '{"model":"fake-model","messages":[{"role":"user","content":"benchmark placeholder ' .. n .. '"}],"max_tokens":16}')
 end
 EOF
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
 measure() { # label pid addr
     local url="http://$3/v1/chat/completions"
     wrk -t1 -c"$CONNECTIONS" -d1s -s "$TMP/post.lua" "$url" >/dev/null 2>&1
     local t0 c0 t1 c1 out rps sp=""
-    t0=$(ticks "$2"); c0=$(switches "$2")
+    t0=$(cpu_ticks "$2"); c0=$(switches "$2")
     if [ "${SYSCALLS:-0}" = 1 ]; then
         perf stat -e raw_syscalls:sys_enter -p "$2" -o "$TMP/stat" -- sleep "$WINDOW" >/dev/null 2>&1 &
         sp=$!
     fi
     out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECS}s" -s "$TMP/post.lua" "$url")
-    t1=$(ticks "$2"); c1=$(switches "$2")
+    t1=$(cpu_ticks "$2"); c1=$(switches "$2")
     rps=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
     awk -v l="$1" -v rps="$rps" -v t=$((t1 - t0)) -v c=$((c1 - c0)) -v s="$SECS" -v hz="$(getconf CLK_TCK)" 'BEGIN {
         n = rps * s; printf "%-24s %8.0f req/s  CPU %6.1f µs/req  %5.2f context switches/req  (%.0f %% of one CPU)\n",

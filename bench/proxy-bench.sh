@@ -64,6 +64,8 @@ fi
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# free_port, cpu_ticks, nginx_conf, the origin's fixed COMPLETION and the request BODY
+source "$ROOT/bench/common.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH_BIN=${BENCH_BIN:-$HOME/.cache/retrybudget-bench/bin}
 mkdir -p "$BENCH_BIN"
@@ -102,9 +104,6 @@ wait_addr() {
     cat "$log" >&2
     return 1
 }
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
 wait_http() {
     for _ in $(seq 1 400); do
         curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
@@ -115,46 +114,11 @@ wait_http() {
 }
 rss_mib() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 hwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 field() { sed -nE "s/.*[ ^]$1=([^ ]+).*/\1/p" <<<" $2"; }
 
-COMPLETION='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"fake-model","choices":[{"index":0,"message":{"role":"assistant","content":"This is a fixed benchmark reply."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}'
-BODY='{"model":"fake-model","messages":[{"role":"user","content":"benchmark placeholder"}],"max_tokens":16}'
 
-nginx_conf() { # name, port, location body
-    local dir="$TMP/$1"
-    mkdir -p "$dir/logs" "$dir/tmp"
-    {
-        if [ "$(id -u)" = 0 ]; then echo "user root;"; fi
-        cat <<EOF
-worker_processes 1;
-worker_rlimit_nofile 65536;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-    keepalive_requests 1000000;
-    upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 256; }
-    server {
-        listen 127.0.0.1:$2 backlog=4096;
-        location / { $3 }
-    }
-}
-EOF
-    } >"$dir/nginx.conf"
-    nginx -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' >"$dir/stdout.log" 2>&1 &
-    PIDS+=($!)
-    NGINX_MASTER[$1]=$!
-}
-declare -A NGINX_MASTER
 
 echo "== starting origin, nginx hop, rotel, proxies (full evidence / off) on 127.0.0.1"
 ORIGIN_PORT=$(free_port)

@@ -62,12 +62,17 @@ fn state_for(
 }
 
 async fn setup() -> (FakeUpstream, ProxyState) {
+    setup_with(ProxyConfig::default()).await
+}
+
+/// A fake upstream and a proxy in front of it with `config`, fast retries and local telemetry.
+async fn setup_with(config: ProxyConfig) -> (FakeUpstream, ProxyState) {
     let upstream = FakeUpstream::start(any_port()).await.unwrap();
     let state = state_for(
         &upstream.base_url(),
         fast_policy(),
         Telemetry::local(),
-        ProxyConfig::default(),
+        config,
     );
     (upstream, state)
 }
@@ -416,17 +421,11 @@ async fn invalid_requests_are_rejected_locally() {
 
 #[tokio::test]
 async fn oversized_bodies_get_413_without_an_upstream_call() {
-    let upstream = FakeUpstream::start(any_port()).await.unwrap();
     let config = ProxyConfig {
         max_body: 256,
         ..ProxyConfig::default()
     };
-    let state = state_for(
-        &upstream.base_url(),
-        fast_policy(),
-        Telemetry::local(),
-        config,
-    );
+    let (upstream, state) = setup_with(config).await;
     let big =
         json!({"model": "fake-model", "messages": [{"role": "user", "content": "x".repeat(1000)}]})
             .to_string();
@@ -1003,18 +1002,12 @@ async fn stop_after_grace(running: Running, grace: Duration) -> Duration {
 #[tokio::test]
 async fn shutdown_never_waits_longer_than_the_grace_period() {
     const GRACE: Duration = Duration::from_millis(200);
-    let upstream = FakeUpstream::start(any_port()).await.unwrap();
-    upstream.set_default(Step::ok().delay(Duration::from_secs(30)));
     let config = ProxyConfig {
         shutdown_grace: GRACE,
         ..ProxyConfig::default()
     };
-    let state = state_for(
-        &upstream.base_url(),
-        fast_policy(),
-        Telemetry::local(),
-        config,
-    );
+    let (upstream, state) = setup_with(config).await;
+    upstream.set_default(Step::ok().delay(Duration::from_secs(30)));
     let running = start(state).await;
 
     let url = format!("http://{}/v1/chat/completions", running.addr);
@@ -1041,7 +1034,6 @@ async fn shutdown_never_waits_longer_than_the_grace_period() {
 #[tokio::test]
 async fn connection_threads_serve_and_drop_what_is_left_before_serve_returns() {
     const GRACE: Duration = Duration::from_millis(200);
-    let upstream = FakeUpstream::start(any_port()).await.unwrap();
     let config = ProxyConfig {
         shutdown_grace: GRACE,
         limits: Limits {
@@ -1050,12 +1042,7 @@ async fn connection_threads_serve_and_drop_what_is_left_before_serve_returns() {
         },
         ..ProxyConfig::default()
     };
-    let state = state_for(
-        &upstream.base_url(),
-        fast_policy(),
-        Telemetry::local(),
-        config,
-    );
+    let (upstream, state) = setup_with(config).await;
     let running = start(state.clone()).await;
     let url = format!("http://{}/v1/chat/completions", running.addr);
 
