@@ -235,6 +235,7 @@ pub(crate) async fn run(
         )));
     }
     let limits = limits(&layers, args, &mut file_access, config)?;
+    let threads = limits.threads;
 
     tracing::info!(
         name: names::LOG_CONFIG,
@@ -298,7 +299,7 @@ pub(crate) async fn run(
         .with_context(|| format!("cannot listen on {}: is the port in use?", listen.value))?;
     let addr = listener.local_addr()?;
     println!(
-        "retrybudget proxy listening on http://{addr} -> upstream {}; metrics at http://{addr}/metrics; {}; evidence file {}; caller retries {}; API key {}",
+        "retrybudget proxy listening on http://{addr} -> upstream {}; metrics at http://{addr}/metrics; {}; evidence file {}; caller retries {}; API key {}; {} connection thread(s)",
         printable_url(&upstream.value),
         otlp_summary(),
         evidence
@@ -311,6 +312,7 @@ pub(crate) async fn run(
             (false, true) => "not configured (callers must present the caller token)",
             (false, false) => "not configured (callers' Authorization is forwarded)",
         },
+        threads,
     );
     tracing::info!(
         name: names::LOG_STARTED,

@@ -54,6 +54,7 @@ fn proxy_help_lists_every_flag() {
         "--idle-timeout",
         "--max-connections",
         "--max-in-flight",
+        "--threads",
         "--config",
     ] {
         assert!(help.contains(flag), "proxy --help lacks {flag}:\n{help}");
@@ -353,6 +354,8 @@ fn listener_limits_and_access_flags_are_checked() {
         ),
         (&["--max-connections", "0"][..], "--max-connections"),
         (&["--max-in-flight", "0"][..], "--max-in-flight"),
+        (&["--threads", "0"][..], "--threads"),
+        (&["--threads", "257"][..], "--threads"),
         (&["--api-key-header", "bad header"][..], "--api-key-header"),
         (
             &["--allowed-origin", "https://app.example/path"][..],
