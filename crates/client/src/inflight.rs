@@ -256,6 +256,12 @@ impl Inflight {
     /// These are `tracing` events, never evidence: they carry names and numbers only.
     fn log_decision(&self, d: &Decision) {
         use retrybudget_telemetry::names::{LOG_CALL_FAILED, LOG_REFUSED, LOG_RETRY};
+        // A call that succeeded (or was cancelled) logs nothing: no context to make current, nothing to format.
+        if d.outcome.is_some_and(|o| !o.is_failure())
+            && d.error_type != Some(ErrorType::ValidationError)
+        {
+            return;
+        }
         let cx = self.attempt.as_ref().map_or(&self.call_cx, |(cx, _)| cx);
         let _current = cx.clone().attach();
         let route = self.labels.route.as_str();
