@@ -1,4 +1,5 @@
-//! Shared harness: a real fake upstream, a real OTLP receiver, the real telemetry pipeline and client.
+//! Shared harness: a real fake upstream, a real OTLP receiver, the real telemetry pipeline and client (also the
+//! middleware crate's tests' harness, through `#[path]`).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -105,5 +106,11 @@ impl Harness {
         tokio::task::spawn_blocking(move || t.shutdown(Duration::from_secs(5)))
             .await
             .unwrap()
+    }
+
+    /// Stops the fake upstream and the receiver.
+    pub async fn stop(self) {
+        self.upstream.shutdown().await;
+        self.receiver.shutdown().await;
     }
 }

@@ -10,6 +10,7 @@ use retrybudget_testkit::proto::tonic::trace::v1::span::SpanKind;
 use retrybudget_testkit::proto::tonic::trace::v1::status::StatusCode;
 
 use crate::harness::{Harness, MODEL};
+use retrybudget_telemetry::OtlpProtocol;
 
 struct Row {
     name: &'static str,
@@ -251,7 +252,7 @@ fn check(row: &Row, s: &Seen, how: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_middleware_leaves_what_the_client_leaves() {
     for row in rows() {
-        let h = Harness::start().await;
+        let h = Harness::start(OtlpProtocol::HttpProtobuf).await;
         h.upstream.push((row.steps)());
         via_client(&h, row.stream).await;
         assert!(h.flush().await, "{}: flush", row.name);
@@ -259,7 +260,7 @@ async fn the_middleware_leaves_what_the_client_leaves() {
         h.stop().await;
         check(&row, &by_client, "client");
 
-        let h = Harness::start().await;
+        let h = Harness::start(OtlpProtocol::HttpProtobuf).await;
         h.upstream.push((row.steps)());
         let status = via_middleware(&h, row.stream).await;
         assert!(h.flush().await, "{}: flush", row.name);
@@ -282,7 +283,7 @@ async fn the_middleware_leaves_what_the_client_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_requests_pass_through_unretried_and_unrecorded() {
-    let h = Harness::start().await;
+    let h = Harness::start(OtlpProtocol::HttpProtobuf).await;
     h.upstream.push([Step::status(503), Step::ok()]);
     let http = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(RetryBudgetMiddleware::new(h.client.clone()))

@@ -14,6 +14,7 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::harness::{Harness, MODEL};
+use retrybudget_telemetry::OtlpProtocol;
 
 #[tracing::instrument(name = "handle_question", skip_all)]
 async fn handler(h: &Harness) {
@@ -42,7 +43,7 @@ async fn handler(h: &Harness) {
 
 #[tokio::test]
 async fn app_span_is_the_parent_of_the_logical_and_attempt_spans() {
-    let h = Harness::start().await;
+    let h = Harness::start(OtlpProtocol::HttpProtobuf).await;
     h.upstream
         .push([Step::status(503), Step::status(503), Step::ok(), Step::ok()]);
     // An app's subscriber: its spans through tracing-opentelemetry (exported by our pipeline's tracer),
