@@ -1,9 +1,10 @@
 """Process helpers shared by the Python suites (tests/sdk, tests/security, tests/caller, bench/): a free
-loopback port, a wait for an HTTP endpoint, the `retrybudget` binary under test, and a child process whose output
-goes to log files and that is stopped by its pid.
+loopback port, a wait for an HTTP endpoint, the `retrybudget` binary under test, a child process whose output
+goes to log files and that is stopped by its pid, and the fake upstream's control API and a proxy's /metrics.
 
 Nothing here sleeps for timing: waits poll for a condition with a generous bound.
 """
+import json
 import os
 import socket
 import subprocess
@@ -62,3 +63,23 @@ class Proc:
                 self.p.wait()
         self.out.close()
         self.err.close()
+
+
+def control(upstream: str, method: str, path: str, body=None):
+    """A call to the fake upstream's `/_control` API (e.g. `POST /_control/script`); its JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(upstream + path, data=data, method=method,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def upstream_count(upstream: str) -> int:
+    """Requests the fake upstream has received."""
+    return control(upstream, "GET", "/_control/count")["count"]
+
+
+def metrics(base: str) -> str:
+    """A proxy's Prometheus exposition."""
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+        return r.read().decode()

@@ -16,7 +16,8 @@ import sys
 from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from procs import Proc, binary, free_port, wait_http  # noqa: E402  (tests/procs.py)
+import procs  # noqa: E402  (tests/procs.py)
+from procs import Proc, binary, free_port, wait_http  # noqa: E402
 
 MODEL = "fake-model"
 
@@ -60,18 +61,13 @@ class Stack:
     procs: list = field(default_factory=list)
 
     def control(self, method: str, path: str, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.upstream + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return json.loads(r.read() or b"{}")
+        return procs.control(self.upstream, method, path, body)
 
     def upstream_count(self) -> int:
-        return self.control("GET", "/_control/count")["count"]
+        return procs.upstream_count(self.upstream)
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(self.proxy + "/metrics", timeout=5) as r:
-            return r.read().decode()
+        return procs.metrics(self.proxy)
 
     def nested(self) -> dict[str, float]:
         """retrybudget_client_nested_retries_total by source (the series without a source counts 0)."""

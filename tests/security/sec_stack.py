@@ -8,12 +8,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from procs import Proc, binary, free_port, wait_http  # noqa: E402  (tests/procs.py)
+import procs  # noqa: E402  (tests/procs.py)
+from procs import Proc, binary, free_port, wait_http  # noqa: E402
 
 PROVIDER_KEY = "sk-provider-canary-5b1e0c"
 CALLER_TOKEN = "caller-token-canary-9d2f41aa"
@@ -98,18 +98,13 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def control(self, method, path, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.upstream_url + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return json.loads(r.read() or b"{}")
+        return procs.control(self.upstream_url, method, path, body)
 
     def upstream_count(self) -> int:
-        return self.control("GET", "/_control/count")["count"]
+        return procs.upstream_count(self.upstream_url)
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(self.base + "/metrics", timeout=5) as r:
-            return r.read().decode()
+        return procs.metrics(self.base)
 
     def close(self):
         if self.proxy is not None:
