@@ -39,7 +39,6 @@ pub(crate) struct Inflight {
     pub(crate) last_status: Option<u16>,
     /// Refused before it could leave: evidence and metrics, but no CLIENT span (nothing went on the wire).
     local: bool,
-    max_attempts: u32,
     done: bool,
 }
 
@@ -146,7 +145,6 @@ impl Inflight {
         } else {
             call.single_attempt()
         };
-        let max_attempts = call.max_attempts();
         client.call_started();
         Inflight {
             client: client.clone(),
@@ -170,7 +168,6 @@ impl Inflight {
             finish: FinishReasons::default(),
             last_status: None,
             local,
-            max_attempts,
             done: false,
         }
     }
@@ -353,7 +350,7 @@ impl Inflight {
             outcome,
             decision: d.kind,
             attempts: if self.refused { 0 } else { d.attempt + 1 },
-            max_attempts: self.max_attempts,
+            max_attempts: self.call.max_attempts(),
             budget_balance: d.budget_balance,
             backoff_total,
             duration: self.started.elapsed(),
