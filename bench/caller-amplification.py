@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "caller"))
 from stack import MODEL, Budget, Proc, chat_body, free_port, hand_written_loop, start_stack, wait_http  # noqa: E402
+import procs  # noqa: E402  (tests/procs.py, on the path through stack)
 
 BUDGET = Budget(ratio=0.1, min_per_sec=0.1, ttl_s=10)
 CONCURRENCY = 10
@@ -92,12 +93,7 @@ litellm_settings:
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             list(pool.map(one, range(distinct)))
     finally:
-        p.terminate()
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        procs.stop_process(p, timeout=20)
         out.close()
 
 

@@ -54,13 +54,7 @@ class Proc:
         return open(self.out_path, errors="replace").read() + open(self.err_path, errors="replace").read()
 
     def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+        stop_process(self.p)
         self.out.close()
         self.err.close()
 
@@ -83,3 +77,15 @@ def metrics(base: str) -> str:
     """A proxy's Prometheus exposition."""
     with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
         return r.read().decode()
+
+
+def stop_process(p: subprocess.Popen, timeout: float = 10) -> None:
+    """Stops a child by its pid: SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    if p.poll() is not None:
+        return
+    p.terminate()
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()

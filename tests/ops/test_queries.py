@@ -27,6 +27,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -39,6 +40,9 @@ import pytest
 import yaml
 
 import promql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from procs import stop_process  # noqa: E402  (tests/procs.py)
 
 DEMO_DURATION_S = 20
 MIN_SAMPLES = 15  # 1-s scrapes of the demo before queries are evaluated
@@ -128,14 +132,7 @@ class Process:
                 f"--- {self.name} stderr:\n{tail(self.stderr)}")
 
     def stop(self, timeout: float = 10) -> None:
-        if self.popen.poll() is not None:
-            return
-        self.popen.terminate()
-        try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=timeout)
+        stop_process(self.popen, timeout)
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, str]:

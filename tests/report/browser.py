@@ -25,6 +25,9 @@ from pathlib import Path
 
 import websocket  # websocket-client
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from procs import stop_process  # noqa: E402  (tests/procs.py)
+
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -135,13 +138,7 @@ class Page:
                     pass
                 self.ws.close()
         finally:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc)
             shutil.rmtree(self.profile, ignore_errors=True)
 
 
