@@ -186,7 +186,7 @@ struct ConnectionThread {
     /// Connections it serves now.
     load: Arc<AtomicUsize>,
     /// Dropped to stop the thread; `stopped` completes once its runtime (and every connection) is dropped.
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: tokio::sync::oneshot::Sender<()>,
     stopped: tokio::sync::oneshot::Receiver<()>,
 }
 
@@ -210,7 +210,7 @@ impl Threads {
                 Ok(ConnectionThread {
                     runtime: handle,
                     load: Arc::new(AtomicUsize::new(0)),
-                    stop: Some(stop),
+                    stop,
                     stopped,
                 })
             })
@@ -242,11 +242,12 @@ impl Threads {
     }
 
     /// Stops every thread, dropping the connections still open, and waits (at most a second) until they are.
-    async fn stop(mut self) {
-        for thread in &mut self.0 {
-            thread.stop.take();
-        }
-        let all = futures_util::future::join_all(self.0.into_iter().map(|t| t.stopped));
+    async fn stop(self) {
+        // `join_all` collects first: every thread is told to stop before any is waited for.
+        let all = futures_util::future::join_all(self.0.into_iter().map(|t| {
+            drop(t.stop);
+            t.stopped
+        }));
         let _ = tokio::time::timeout(Duration::from_secs(1), all).await;
     }
 }
