@@ -57,7 +57,7 @@ type Hyper = HyperClient<Connector, Full<Bytes>>;
 pub(crate) struct Pool {
     connector: Connector,
     /// Alive while any clone of this pool is: the threads' pools of a dropped client are dropped too (their
-    /// idle connections closed) the next time those threads look for a pool.
+    /// idle connections closed) the next time those threads make a pool.
     alive: Arc<()>,
 }
 
@@ -86,21 +86,22 @@ impl Pool {
         })
     }
 
-    /// The calling thread's pool (made on first use; the pools of dropped clients are let go here).
+    /// The calling thread's pool (made on first use, when the pools of dropped clients are let go).
     fn local(&self) -> Hyper {
         POOLS.with(|pools| {
             let mut pools = pools.borrow_mut();
-            pools.retain(|(owner, _)| owner.strong_count() > 0);
-            let me = Arc::downgrade(&self.alive);
-            if let Some((_, hyper)) = pools.iter().find(|(owner, _)| owner.ptr_eq(&me)) {
+            // A `Weak` keeps its allocation, so no other pool can have this address while the entry exists.
+            let me = Arc::as_ptr(&self.alive);
+            if let Some((_, hyper)) = pools.iter().find(|(owner, _)| owner.as_ptr() == me) {
                 return hyper.clone();
             }
+            pools.retain(|(owner, _)| owner.strong_count() > 0);
             let hyper = HyperClient::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .build(self.connector.clone());
-            pools.push((me, hyper.clone()));
+            pools.push((Arc::downgrade(&self.alive), hyper.clone()));
             hyper
         })
     }
