@@ -10,7 +10,6 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use retrybudget_policy::{AttemptResult, FailureKind, Outcome, ResponseHead, peek_error_body};
-use secrecy::ExposeSecret as _;
 
 use crate::facts::Facts;
 use crate::inflight::Inflight;
@@ -178,11 +177,9 @@ impl Client {
         }
         headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
         if !headers.contains_key(header::AUTHORIZATION)
-            && let Some(key) = &inner.api_key
-            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+            && let Some(authorization) = &inner.authorization
         {
-            v.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, v);
+            headers.insert(header::AUTHORIZATION, authorization.clone());
         }
         let uri = match http::Uri::try_from(format!("{}{}", inner.base, request.path)) {
             Ok(uri) => uri,

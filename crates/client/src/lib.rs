@@ -105,7 +105,9 @@ struct Inner {
     server_port: u16,
     provider: StringValue,
     route: StringValue,
-    api_key: Option<SecretString>,
+    /// `Authorization: Bearer <api key>`, built once and marked sensitive (never shown by `Debug`); `None`
+    /// without a key, or with one that cannot be a header value.
+    authorization: Option<HeaderValue>,
     max_response_body: usize,
     /// The route's bounded model labels (metric labels and budget scopes).
     models: ModelLabels,
@@ -169,7 +171,7 @@ impl Client {
                 server_port,
                 provider: CallLabels::shared(config.provider_name),
                 route: CallLabels::shared(config.route_name),
-                api_key: config.api_key,
+                authorization: config.api_key.as_ref().and_then(bearer),
                 max_response_body: config.max_response_body,
                 models: ModelLabels::new(config.max_models_per_route),
                 cancel: tokio::sync::watch::Sender::new(false),
@@ -327,4 +329,12 @@ fn decode_error(e: &serde_json::Error) -> String {
         serde_json::error::Category::Eof => "truncated JSON",
     };
     format!("{kind} at line {} column {}", e.line(), e.column())
+}
+
+/// The `Authorization` value for `key`, marked sensitive.
+fn bearer(key: &SecretString) -> Option<HeaderValue> {
+    use secrecy::ExposeSecret as _;
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
