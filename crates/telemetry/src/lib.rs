@@ -20,6 +20,7 @@ pub mod export;
 pub mod labels;
 pub mod names;
 mod nested;
+mod otlp;
 mod pipeline;
 mod propagation;
 pub mod record;

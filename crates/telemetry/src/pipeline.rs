@@ -15,7 +15,9 @@ use opentelemetry::metrics::{
 };
 use opentelemetry::trace::{TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{LogExporter, MetricExporter, Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{
+    LogExporter as OtlpLogs, MetricExporter, Protocol, SpanExporter as OtlpSpans, WithExportConfig,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{BatchLogProcessor, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::metrics::{Instrument, PeriodicReader, SdkMeterProvider, Stream};
@@ -25,6 +27,7 @@ use crate::TelemetryError;
 use crate::config::{OtlpProtocol, TelemetryConfig};
 use crate::evidence_file::EvidenceWriter;
 use crate::export::{Bounded, Counted, Dropped, LOGS, Queue, SIGNALS, TRACES};
+use crate::otlp::{Export, HttpExporter};
 use crate::names::*;
 
 /// The instruments of the contract, created once.
@@ -193,41 +196,60 @@ impl Telemetry {
             let err = |signal: &str, e: opentelemetry_otlp::ExporterBuildError| {
                 TelemetryError::Init(format!("OTLP {signal} exporter: {e}"))
             };
-            // One builder chain per transport, the same for every signal.
-            macro_rules! exporter {
-                ($kind:ident, $endpoint:expr) => {
-                    match otlp.protocol {
-                        OtlpProtocol::Grpc => $kind::builder()
-                            .with_tonic()
-                            .with_endpoint($endpoint)
-                            .with_timeout(timeout)
-                            .build(),
-                        OtlpProtocol::HttpProtobuf => $kind::builder()
-                            .with_http()
-                            .with_protocol(Protocol::HttpBinary)
-                            .with_endpoint($endpoint)
-                            .with_timeout(timeout)
-                            .build(),
-                    }
-                };
+            let metrics = match otlp.protocol {
+                OtlpProtocol::Grpc => MetricExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(&otlp.metrics_endpoint)
+                    .with_timeout(timeout)
+                    .build(),
+                OtlpProtocol::HttpProtobuf => MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_endpoint(&otlp.metrics_endpoint)
+                    .with_timeout(timeout)
+                    .build(),
             }
-            let spans = exporter!(SpanExporter, &otlp.traces_endpoint);
-            let metrics = exporter!(MetricExporter, &otlp.metrics_endpoint);
-            let logs = exporter!(LogExporter, &otlp.logs_endpoint);
+            .map_err(|e| err("metrics", e))?;
+            // Spans and log records: over HTTP our own encoder (`crate::otlp`, the hot path), over gRPC
+            // opentelemetry-otlp's tonic exporter.
+            let (spans, logs) = match otlp.protocol {
+                OtlpProtocol::Grpc => (
+                    Export::Sdk(
+                        OtlpSpans::builder()
+                            .with_tonic()
+                            .with_endpoint(&otlp.traces_endpoint)
+                            .with_timeout(timeout)
+                            .build()
+                            .map_err(|e| err("traces", e))?,
+                    ),
+                    Export::Sdk(
+                        OtlpLogs::builder()
+                            .with_tonic()
+                            .with_endpoint(&otlp.logs_endpoint)
+                            .with_timeout(timeout)
+                            .build()
+                            .map_err(|e| err("logs", e))?,
+                    ),
+                ),
+                OtlpProtocol::HttpProtobuf => (
+                    Export::Http(HttpExporter::new(&otlp.traces_endpoint, "TRACES", timeout)),
+                    Export::Http(HttpExporter::new(&otlp.logs_endpoint, "LOGS", timeout)),
+                ),
+            };
             let span_queue = Queue::new(TRACES, config.queue_size, Arc::clone(&dropped));
             let log_queue = Queue::new(LOGS, config.queue_size, Arc::clone(&dropped));
             let spans = Counted {
-                inner: spans.map_err(|e| err("traces", e))?,
+                inner: spans,
                 dropped: Arc::clone(&dropped),
                 queue: Some(Arc::clone(&span_queue)),
             };
             let metrics = Counted {
-                inner: metrics.map_err(|e| err("metrics", e))?,
+                inner: metrics,
                 dropped: Arc::clone(&dropped),
                 queue: None,
             };
             let logs = Counted {
-                inner: logs.map_err(|e| err("logs", e))?,
+                inner: logs,
                 dropped: Arc::clone(&dropped),
                 queue: Some(Arc::clone(&log_queue)),
             };
