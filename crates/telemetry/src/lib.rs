@@ -3,7 +3,8 @@
 //! - [`names`]: every span attribute, metric and event name of the telemetry contract, as constants.
 //! - [`config`]: settings from the standard `OTEL_*` variables (protocol and `OTEL_SDK_DISABLED` included).
 //! - [`Telemetry`]: OTLP export over gRPC or HTTP/protobuf, the same instruments for Prometheus scraping, the
-//!   JSONL evidence file; bounded queues, counted drops, a shutdown that waits a bounded time.
+//!   JSONL evidence file; bounded queues, counted drops, a shutdown that waits a bounded time. Over HTTP,
+//!   spans and log records go through our own encoder (`otlp`), the hot path of full evidence.
 //! - [`labels`]: caller-chosen model ids turned into bounded metric labels and budget scopes.
 //! - [`evidence`]: [`AttemptEvent`] and [`CallEvent`], whose one `emit` writes span attributes, log record,
 //!   metrics and evidence line together.

@@ -27,8 +27,8 @@ use crate::TelemetryError;
 use crate::config::{OtlpProtocol, TelemetryConfig};
 use crate::evidence_file::EvidenceWriter;
 use crate::export::{Bounded, Counted, Dropped, LOGS, Queue, SIGNALS, TRACES};
-use crate::otlp::{Export, HttpExporter};
 use crate::names::*;
+use crate::otlp::{Export, HttpExporter};
 
 /// The instruments of the contract, created once.
 #[derive(Debug)]
@@ -232,8 +232,16 @@ impl Telemetry {
                     ),
                 ),
                 OtlpProtocol::HttpProtobuf => (
-                    Export::Http(HttpExporter::new(&otlp.traces_endpoint, "TRACES", timeout)),
-                    Export::Http(HttpExporter::new(&otlp.logs_endpoint, "LOGS", timeout)),
+                    Export::Http(Box::new(HttpExporter::new(
+                        &otlp.traces_endpoint,
+                        crate::otlp::headers_from_env("TRACES"),
+                        timeout,
+                    ))),
+                    Export::Http(Box::new(HttpExporter::new(
+                        &otlp.logs_endpoint,
+                        crate::otlp::headers_from_env("LOGS"),
+                        timeout,
+                    ))),
                 ),
             };
             let span_queue = Queue::new(TRACES, config.queue_size, Arc::clone(&dropped));

@@ -45,12 +45,12 @@ pub(crate) struct HttpExporter {
 }
 
 impl HttpExporter {
-    /// An exporter to `endpoint` (the full URL, `…/v1/traces` or `…/v1/logs`) for `signal` (`TRACES` or
-    /// `LOGS`, the suffix of its headers variable).
-    pub(crate) fn new(endpoint: &str, signal: &str, timeout: Duration) -> HttpExporter {
+    /// An exporter to `endpoint` (the full URL, `…/v1/traces` or `…/v1/logs`) sending `headers` (see
+    /// [`headers_from_env`]).
+    pub(crate) fn new(endpoint: &str, headers: HeaderMap, timeout: Duration) -> HttpExporter {
         HttpExporter {
             endpoint: endpoint.to_owned(),
-            headers: headers(|k| std::env::var(k).ok(), signal),
+            headers,
             timeout,
             resource: EncodedResource::default(),
             client: Mutex::new(None),
@@ -108,11 +108,7 @@ impl HttpExporter {
                 Err(e) if e.is_timeout() => {
                     return Err(OTelSdkError::Timeout(self.timeout));
                 }
-                Err(e) => format!(
-                    "OTLP/HTTP export to {}: {}",
-                    self.endpoint,
-                    e.without_url()
-                ),
+                Err(e) => format!("OTLP/HTTP export to {}: {}", self.endpoint, e.without_url()),
             };
             if Instant::now() + delay >= deadline {
                 return Err(OTelSdkError::InternalFailure(failure));
@@ -123,8 +119,7 @@ impl HttpExporter {
     }
 
     fn shutdown(&self) -> OTelSdkResult {
-        self.shut_down
-            .store(true, Ordering::Release);
+        self.shut_down.store(true, Ordering::Release);
         drop(
             self.client
                 .lock()
@@ -168,14 +163,14 @@ impl LogExporter for HttpExporter {
 #[derive(Debug)]
 pub(crate) enum Export<S> {
     Sdk(S),
-    Http(HttpExporter),
+    Http(Box<HttpExporter>),
 }
 
 impl<S: SpanExporter> SpanExporter for Export<S> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         match self {
             Export::Sdk(e) => e.export(batch).await,
-            Export::Http(e) => SpanExporter::export(e, batch).await,
+            Export::Http(e) => SpanExporter::export(&**e, batch).await,
         }
     }
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -193,7 +188,7 @@ impl<S: SpanExporter> SpanExporter for Export<S> {
     fn set_resource(&mut self, resource: &Resource) {
         match self {
             Export::Sdk(e) => e.set_resource(resource),
-            Export::Http(e) => SpanExporter::set_resource(e, resource),
+            Export::Http(e) => SpanExporter::set_resource(&mut **e, resource),
         }
     }
 }
@@ -202,7 +197,7 @@ impl<S: LogExporter> LogExporter for Export<S> {
     async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
         match self {
             Export::Sdk(e) => e.export(batch).await,
-            Export::Http(e) => LogExporter::export(e, batch).await,
+            Export::Http(e) => LogExporter::export(&**e, batch).await,
         }
     }
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -214,14 +209,18 @@ impl<S: LogExporter> LogExporter for Export<S> {
     fn set_resource(&mut self, resource: &Resource) {
         match self {
             Export::Sdk(e) => e.set_resource(resource),
-            Export::Http(e) => LogExporter::set_resource(e, resource),
+            Export::Http(e) => LogExporter::set_resource(&mut **e, resource),
         }
     }
 }
 
-/// The headers of `signal`'s requests, as `opentelemetry-otlp` reads them: `OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS`,
+/// The headers of `signal`'s (`TRACES` or `LOGS`) requests, as `opentelemetry-otlp` reads them: `OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS`,
 /// else `OTEL_EXPORTER_OTLP_HEADERS`; `key=value` pairs separated by commas, values percent-decoded. A pair
 /// that is not a valid header is skipped, as upstream does.
+pub(crate) fn headers_from_env(signal: &str) -> HeaderMap {
+    headers(|k| std::env::var(k).ok(), signal)
+}
+
 fn headers(lookup: impl Fn(&str) -> Option<String>, signal: &str) -> HeaderMap {
     let mut map = HeaderMap::new();
     let Some(spec) = lookup(&format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS"))
@@ -287,7 +286,11 @@ mod tests {
         let h = headers(env(&GENERAL), "TRACES");
         assert_eq!(h.get("authorization").unwrap(), "Basic abc");
         assert_eq!(h.get("x-tenant").unwrap(), "t1");
-        assert_eq!(h.len(), 2, "a pair without `=` or with an invalid name is skipped");
+        assert_eq!(
+            h.len(),
+            2,
+            "a pair without `=` or with an invalid name is skipped"
+        );
         static BOTH: [(&str, &str); 2] = [
             ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
             ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "b=2"),
@@ -296,5 +299,95 @@ mod tests {
         assert!(h.get("a").is_none() && h.get("b").unwrap() == "2");
         assert!(headers(env(&[]), "TRACES").is_empty());
         assert_eq!(percent_decode("100%25 %zz%4"), "100% %zz%4");
+    }
+
+    /// A collector on 127.0.0.1 answering each request with the next status of `script`, then stopping;
+    /// returns its URL and a handle yielding every request's head and body.
+    /// Each request the test collector read: its head and its body.
+    type Seen = Vec<(String, Vec<u8>)>;
+
+    fn collector(script: Vec<u16>) -> (String, std::thread::JoinHandle<Seen>) {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut script = script.into_iter();
+            'conn: while let Ok((stream, _)) = listener.accept() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            continue 'conn;
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body).unwrap();
+                    seen.push((head, body));
+                    let Some(status) = script.next() else {
+                        break 'conn;
+                    };
+                    write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n").unwrap();
+                    if script.len() == 0 {
+                        break 'conn;
+                    }
+                }
+            }
+            seen
+        });
+        (url, handle)
+    }
+
+    fn exporter(url: &str) -> HttpExporter {
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant", HeaderValue::from_static("t1"));
+        HttpExporter::new(url, h, Duration::from_secs(5))
+    }
+
+    #[test]
+    fn an_unavailable_collector_gets_the_batch_again_and_a_bad_request_does_not() {
+        // 503 then 200: the same bytes are sent twice, with the headers and the protobuf content type.
+        let (url, seen) = collector(vec![503, 200]);
+        let e = exporter(&url);
+        assert!(e.post(b"batch".to_vec()).is_ok());
+        let seen = seen.join().unwrap();
+        assert_eq!(seen.len(), 2);
+        for (head, body) in &seen {
+            assert!(head.starts_with("POST /v1/traces HTTP/1.1"), "{head}");
+            let head = head.to_ascii_lowercase();
+            assert!(
+                head.contains("content-type: application/x-protobuf"),
+                "{head}"
+            );
+            assert!(head.contains("x-tenant: t1"), "{head}");
+            assert_eq!(body, b"batch");
+        }
+        // 400: the collector will never take it; one request, and the batch fails (counted as dropped).
+        let (url, seen) = collector(vec![400]);
+        let err = exporter(&url).post(b"batch".to_vec()).unwrap_err();
+        assert!(err.to_string().contains("HTTP 400"), "{err}");
+        assert_eq!(seen.join().unwrap().len(), 1);
+        // After shutdown nothing is sent.
+        let e = exporter(&url);
+        e.shutdown().unwrap();
+        assert!(matches!(
+            e.post(Vec::new()),
+            Err(OTelSdkError::AlreadyShutdown)
+        ));
     }
 }

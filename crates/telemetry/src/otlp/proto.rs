@@ -117,7 +117,8 @@ impl Writer {
         }
         prefix[n] = v as u8;
         self.buf[at] = prefix[0];
-        self.buf.splice(at + 1..at + 1, prefix[1..=n].iter().copied());
+        self.buf
+            .splice(at + 1..at + 1, prefix[1..=n].iter().copied());
     }
 
     // --- common.v1 ---
@@ -147,10 +148,16 @@ impl Writer {
             Value::Array(array) => {
                 self.begin(5);
                 match array {
-                    Array::Bool(v) => v.iter().for_each(|b| self.item(|w| w.oneof_varint(2, u64::from(*b)))),
-                    Array::I64(v) => v.iter().for_each(|i| self.item(|w| w.oneof_varint(3, *i as u64))),
+                    Array::Bool(v) => v
+                        .iter()
+                        .for_each(|b| self.item(|w| w.oneof_varint(2, u64::from(*b)))),
+                    Array::I64(v) => v
+                        .iter()
+                        .for_each(|i| self.item(|w| w.oneof_varint(3, *i as u64))),
                     Array::F64(v) => v.iter().for_each(|f| self.item(|w| w.oneof_double(*f))),
-                    Array::String(v) => v.iter().for_each(|s| self.item(|w| w.oneof_string(s.as_str()))),
+                    Array::String(v) => v
+                        .iter()
+                        .for_each(|s| self.item(|w| w.oneof_string(s.as_str()))),
                     // A kind of array added after this was written: an empty list rather than a panic.
                     _ => {}
                 }
@@ -280,7 +287,10 @@ pub(crate) fn encode_spans(w: &mut Writer, resource: &EncodedResource, spans: &[
         }
         w.begin(2);
         w.scope(1, scope.name(), scope);
-        for s in spans[i..].iter().filter(|s| s.instrumentation_scope == *scope) {
+        for s in spans[i..]
+            .iter()
+            .filter(|s| s.instrumentation_scope == *scope)
+        {
             span_message(w, s);
         }
         w.str(3, scope.schema_url().unwrap_or_default());
@@ -411,7 +421,10 @@ fn log_message(w: &mut Writer, record: &SdkLogRecord) {
         w.bytes_field(9, &cx.trace_id.to_bytes());
         w.bytes_field(10, &cx.span_id.to_bytes());
     }
-    w.fixed64(11, record.observed_timestamp().map(nanos).unwrap_or_default());
+    w.fixed64(
+        11,
+        record.observed_timestamp().map(nanos).unwrap_or_default(),
+    );
     w.str(12, record.event_name().unwrap_or_default());
     w.end();
 }
@@ -432,8 +445,7 @@ mod tests {
     use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _};
     use opentelemetry::trace::{
         Span as _, SpanContext, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-        Tracer as _,
-        TracerProvider as _,
+        Tracer as _, TracerProvider as _,
     };
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -588,7 +600,11 @@ mod tests {
         drop(root);
         provider.force_flush().unwrap();
         let got = both.traces.lock().unwrap().clone();
-        assert_eq!(got.len(), 4, "one export per span with the simple processor");
+        assert_eq!(
+            got.len(),
+            4,
+            "one export per span with the simple processor"
+        );
         for (decoded, expected) in got {
             assert_eq!(decoded, expected);
         }
@@ -709,11 +725,22 @@ mod tests {
             assert_eq!(bytes[0], 0x0a, "field 1, length-delimited");
             let mut rest = &bytes[1..];
             let outer = prost::encoding::decode_varint(&mut rest).unwrap();
-            assert_eq!(outer as usize, rest.len(), "{len}: the outer length covers the body exactly");
+            assert_eq!(
+                outer as usize,
+                rest.len(),
+                "{len}: the outer length covers the body exactly"
+            );
             let kv = ProtoKv::decode(rest).unwrap();
             assert_eq!(kv.key, "k");
-            let Some(ProtoValue { value: Some(v) }) = kv.value else { panic!("{len}: no value") };
-            assert_eq!(v, opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("z".repeat(len)));
+            let Some(ProtoValue { value: Some(v) }) = kv.value else {
+                panic!("{len}: no value")
+            };
+            assert_eq!(
+                v,
+                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                    "z".repeat(len)
+                )
+            );
         }
     }
 }
