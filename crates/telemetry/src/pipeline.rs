@@ -15,9 +15,7 @@ use opentelemetry::metrics::{
 };
 use opentelemetry::trace::{TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{
-    LogExporter as OtlpLogs, MetricExporter, Protocol, SpanExporter as OtlpSpans, WithExportConfig,
-};
+use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{BatchLogProcessor, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::metrics::{Instrument, PeriodicReader, SdkMeterProvider, Stream};
@@ -28,7 +26,7 @@ use crate::config::{OtlpProtocol, TelemetryConfig};
 use crate::evidence_file::EvidenceWriter;
 use crate::export::{Bounded, Counted, Dropped, LOGS, Queue, SIGNALS, TRACES};
 use crate::names::*;
-use crate::otlp::{Export, HttpExporter};
+use crate::otlp::{OtlpExporter, Signal, headers_from_env};
 
 /// The instruments of the contract, created once.
 #[derive(Debug)]
@@ -210,40 +208,18 @@ impl Telemetry {
                     .build(),
             }
             .map_err(|e| err("metrics", e))?;
-            // Spans and log records: over HTTP our own encoder (`crate::otlp`, the hot path), over gRPC
-            // opentelemetry-otlp's tonic exporter.
-            let (spans, logs) = match otlp.protocol {
-                OtlpProtocol::Grpc => (
-                    Export::Sdk(
-                        OtlpSpans::builder()
-                            .with_tonic()
-                            .with_endpoint(&otlp.traces_endpoint)
-                            .with_timeout(timeout)
-                            .build()
-                            .map_err(|e| err("traces", e))?,
-                    ),
-                    Export::Sdk(
-                        OtlpLogs::builder()
-                            .with_tonic()
-                            .with_endpoint(&otlp.logs_endpoint)
-                            .with_timeout(timeout)
-                            .build()
-                            .map_err(|e| err("logs", e))?,
-                    ),
-                ),
-                OtlpProtocol::HttpProtobuf => (
-                    Export::Http(Box::new(HttpExporter::new(
-                        &otlp.traces_endpoint,
-                        crate::otlp::headers_from_env("TRACES"),
-                        timeout,
-                    ))),
-                    Export::Http(Box::new(HttpExporter::new(
-                        &otlp.logs_endpoint,
-                        crate::otlp::headers_from_env("LOGS"),
-                        timeout,
-                    ))),
-                ),
+            // Spans and log records: our own encoder and transports (`crate::otlp`), the hot path.
+            let otlp_exporter = |signal, endpoint: &str| {
+                OtlpExporter::new(
+                    otlp.protocol,
+                    signal,
+                    endpoint,
+                    headers_from_env(signal),
+                    timeout,
+                )
             };
+            let spans = otlp_exporter(Signal::Traces, &otlp.traces_endpoint)?;
+            let logs = otlp_exporter(Signal::Logs, &otlp.logs_endpoint)?;
             let span_queue = Queue::new(TRACES, config.queue_size, Arc::clone(&dropped));
             let log_queue = Queue::new(LOGS, config.queue_size, Arc::clone(&dropped));
             let spans = Counted {

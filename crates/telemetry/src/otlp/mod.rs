@@ -1,15 +1,17 @@
-//! OTLP/HTTP export of spans and log records: the hot path of full evidence.
+//! OTLP export of spans and log records: the hot path of full evidence.
 //!
-//! Every proxied call ends in two spans and a log record per attempt, so their export runs thousands of times
-//! a second. [`proto`] writes each batch's request bytes straight from the SDK's data (no intermediate message
-//! structs); one blocking HTTP client posts them from the SDK's batch thread. Metrics (one export a minute)
-//! and gRPC stay on `opentelemetry-otlp`.
+//! Every proxied call ends in three spans and a log record per attempt, so their export runs thousands of
+//! times a second. [`proto`] writes each batch's request bytes straight from the SDK's data (no intermediate
+//! message structs, no copy of the batch); [`OtlpExporter`] sends them from the SDK's batch thread, over
+//! HTTP/protobuf (a blocking HTTP client) or gRPC (a tonic channel carrying the bytes as they are). Metrics
+//! (one export per interval) stay on `opentelemetry-otlp`.
 //!
-//! Behaviour on failure is the upstream exporter's: an error status or a network error fails the batch
-//! (the [`crate::export::Counted`] wrapper counts its items as dropped); 429, 502, 503, 504 and connection
-//! errors are retried with doubling delays while the export timeout allows. Headers come from
-//! `OTEL_EXPORTER_OTLP_{TRACES,LOGS}_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`, as upstream reads them.
+//! Behaviour on failure is the upstream exporters': a failed batch is an error (the
+//! [`crate::export::Counted`] wrapper counts its items as dropped); HTTP 429, 502, 503, 504, connection errors
+//! and the retryable gRPC codes are retried with doubling delays while the export timeout allows. Headers (gRPC
+//! metadata) come from `OTEL_EXPORTER_OTLP_{TRACES,LOGS}_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`.
 
+mod grpc;
 mod proto;
 
 use std::io::Read as _;
@@ -17,125 +19,187 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{LogBatch, LogExporter};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::blocking::Client;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
+use crate::TelemetryError;
+use crate::config::OtlpProtocol;
 use proto::{EncodedResource, Writer};
 
 /// First delay before re-sending a batch the collector could not take; doubled each time.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// The most of a collector's response that is read (a partial-success message is a few bytes).
-const MAX_RESPONSE: u64 = 64 * 1024;
+const MAX_RESPONSE: usize = 64 * 1024;
 
-/// Posts OTLP/HTTP protobuf requests for one signal (traces or logs) to one endpoint.
+/// The two signals sent by [`OtlpExporter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Traces,
+    Logs,
+}
+
+impl Signal {
+    /// The word of its `OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS` variable.
+    fn env(self) -> &'static str {
+        match self {
+            Signal::Traces => "TRACES",
+            Signal::Logs => "LOGS",
+        }
+    }
+}
+
+/// One send of a request body, as the retry loop sees it.
+enum Sent {
+    Done,
+    /// Worth sending again (the collector is busy or unreachable): what happened.
+    Retry(String),
+    /// Not worth sending again.
+    Failed(OTelSdkError),
+}
+
+/// How the bytes travel.
 #[derive(Debug)]
-pub(crate) struct HttpExporter {
+enum Transport {
+    /// Built on the first export, on the SDK's export thread (a blocking client must not be built or dropped
+    /// on an async runtime's thread); taken at shutdown.
+    Http(Mutex<Option<Client>>),
+    Grpc(grpc::Grpc),
+}
+
+/// Sends one signal's batches to one endpoint, encoded by [`proto`].
+#[derive(Debug)]
+pub(crate) struct OtlpExporter {
     endpoint: String,
     headers: HeaderMap,
     timeout: Duration,
+    transport: Transport,
     resource: EncodedResource,
-    /// Built on the first export, on the SDK's export thread (a blocking client must not be built or dropped
-    /// on an async runtime's thread); taken at shutdown.
-    client: Mutex<Option<Client>>,
     shut_down: AtomicBool,
 }
 
-impl HttpExporter {
-    /// An exporter to `endpoint` (the full URL, `…/v1/traces` or `…/v1/logs`) sending `headers` (see
-    /// [`headers_from_env`]).
-    pub(crate) fn new(endpoint: &str, headers: HeaderMap, timeout: Duration) -> HttpExporter {
-        HttpExporter {
+impl OtlpExporter {
+    /// An exporter of `signal` to `endpoint` (for HTTP the full URL, `…/v1/traces` or `…/v1/logs`) sending
+    /// `headers` (see [`headers_from_env`]). With gRPC this must run inside a Tokio runtime: the channel's
+    /// connection lives on it.
+    pub(crate) fn new(
+        protocol: OtlpProtocol,
+        signal: Signal,
+        endpoint: &str,
+        headers: HeaderMap,
+        timeout: Duration,
+    ) -> Result<OtlpExporter, TelemetryError> {
+        let transport = match protocol {
+            OtlpProtocol::HttpProtobuf => Transport::Http(Mutex::new(None)),
+            OtlpProtocol::Grpc => Transport::Grpc(grpc::Grpc::new(signal, endpoint, timeout)?),
+        };
+        Ok(OtlpExporter {
             endpoint: endpoint.to_owned(),
             headers,
             timeout,
+            transport,
             resource: EncodedResource::default(),
-            client: Mutex::new(None),
             shut_down: AtomicBool::new(false),
-        }
+        })
     }
 
-    fn client(&self) -> Result<Client, OTelSdkError> {
+    /// Sends one request body, again on a retryable failure while the export timeout allows.
+    async fn send(&self, body: Vec<u8>) -> OTelSdkResult {
         if self.shut_down.load(Ordering::Acquire) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
-        let mut slot = self.client.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let client = Client::builder()
-            .timeout(self.timeout)
-            .build()
-            .map_err(|e| {
-                OTelSdkError::InternalFailure(format!("OTLP/HTTP client could not start: {e}"))
-            })?;
-        *slot = Some(client.clone());
-        Ok(client)
-    }
-
-    /// Posts one request body, re-sending it on a retryable failure while the export timeout allows.
-    fn post(&self, body: Vec<u8>) -> OTelSdkResult {
-        let client = self.client()?;
-        let body = bytes::Bytes::from(body);
+        let body = Bytes::from(body);
         let deadline = Instant::now() + self.timeout;
         let mut delay = FIRST_RETRY_DELAY;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let sent = client
-                .post(&self.endpoint)
-                .headers(self.headers.clone())
-                .header(CONTENT_TYPE, "application/x-protobuf")
-                .timeout(left.max(Duration::from_millis(1)))
-                .body(body.clone())
-                .send();
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let sent = match &self.transport {
+                Transport::Http(client) => self.post(client, &body, left),
+                Transport::Grpc(g) => g.send(&body, &self.headers, left).await,
+            };
             let failure = match sent {
-                Ok(response) => {
-                    let status = response.status();
-                    // Read (a bounded part of) the answer, so the connection can be reused.
-                    let _ = response.take(MAX_RESPONSE).read_to_end(&mut Vec::new());
-                    if status.is_success() {
-                        return Ok(());
-                    }
-                    let failure = format!("OTLP/HTTP export to {}: HTTP {status}", self.endpoint);
-                    if !matches!(status.as_u16(), 429 | 502 | 503 | 504) {
-                        return Err(OTelSdkError::InternalFailure(failure));
-                    }
-                    failure
-                }
-                Err(e) if e.is_timeout() => {
-                    return Err(OTelSdkError::Timeout(self.timeout));
-                }
-                Err(e) => format!("OTLP/HTTP export to {}: {}", self.endpoint, e.without_url()),
+                Sent::Done => return Ok(()),
+                Sent::Failed(e) => return Err(e),
+                Sent::Retry(failure) => failure,
             };
             if Instant::now() + delay >= deadline {
                 return Err(OTelSdkError::InternalFailure(failure));
             }
+            // The SDK's export thread is ours alone: sleeping blocks no one.
             std::thread::sleep(delay);
             delay *= 2;
         }
     }
 
+    fn post(&self, client: &Mutex<Option<Client>>, body: &Bytes, left: Duration) -> Sent {
+        let client = {
+            let mut slot = client.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                match Client::builder().timeout(self.timeout).build() {
+                    Ok(c) => *slot = Some(c),
+                    Err(e) => {
+                        return Sent::Failed(OTelSdkError::InternalFailure(format!(
+                            "OTLP/HTTP client could not start: {e}"
+                        )));
+                    }
+                }
+            }
+            match slot.as_ref() {
+                Some(c) => c.clone(),
+                None => return Sent::Failed(OTelSdkError::AlreadyShutdown),
+            }
+        };
+        let sent = client
+            .post(&self.endpoint)
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, "application/x-protobuf")
+            .timeout(left)
+            .body(body.clone())
+            .send();
+        match sent {
+            Ok(response) => {
+                let status = response.status();
+                // Read (a bounded part of) the answer, so the connection can be reused.
+                let _ = response
+                    .take(MAX_RESPONSE as u64)
+                    .read_to_end(&mut Vec::new());
+                let failure = format!("OTLP/HTTP export to {}: HTTP {status}", self.endpoint);
+                match status.as_u16() {
+                    200..=299 => Sent::Done,
+                    429 | 502 | 503 | 504 => Sent::Retry(failure),
+                    _ => Sent::Failed(OTelSdkError::InternalFailure(failure)),
+                }
+            }
+            Err(e) if e.is_timeout() => Sent::Failed(OTelSdkError::Timeout(self.timeout)),
+            Err(e) => Sent::Retry(format!(
+                "OTLP/HTTP export to {}: {}",
+                self.endpoint,
+                e.without_url()
+            )),
+        }
+    }
+
     fn shutdown(&self) -> OTelSdkResult {
         self.shut_down.store(true, Ordering::Release);
-        drop(
-            self.client
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        if let Transport::Http(client) = &self.transport {
+            drop(client.lock().unwrap_or_else(PoisonError::into_inner).take());
+        }
         Ok(())
     }
 }
 
-impl SpanExporter for HttpExporter {
+impl SpanExporter for OtlpExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let mut w = Writer::default();
         proto::encode_spans(&mut w, &self.resource, &batch);
         drop(batch);
-        self.post(w.into_bytes())
+        self.send(w.into_bytes()).await
     }
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
         self.shutdown()
@@ -145,11 +209,11 @@ impl SpanExporter for HttpExporter {
     }
 }
 
-impl LogExporter for HttpExporter {
+impl LogExporter for OtlpExporter {
     async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
         let mut w = Writer::default();
         proto::encode_logs(&mut w, &self.resource, &batch);
-        self.post(w.into_bytes())
+        self.send(w.into_bytes()).await
     }
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
         self.shutdown()
@@ -159,68 +223,14 @@ impl LogExporter for HttpExporter {
     }
 }
 
-/// The exporter of spans or of log records: ours over HTTP, `opentelemetry-otlp`'s (`S`) over gRPC.
-#[derive(Debug)]
-pub(crate) enum Export<S> {
-    Sdk(S),
-    Http(Box<HttpExporter>),
-}
-
-impl<S: SpanExporter> SpanExporter for Export<S> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        match self {
-            Export::Sdk(e) => e.export(batch).await,
-            Export::Http(e) => SpanExporter::export(&**e, batch).await,
-        }
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        match self {
-            Export::Sdk(e) => e.shutdown_with_timeout(timeout),
-            Export::Http(e) => e.shutdown(),
-        }
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        match self {
-            Export::Sdk(e) => e.force_flush(),
-            Export::Http(_) => Ok(()),
-        }
-    }
-    fn set_resource(&mut self, resource: &Resource) {
-        match self {
-            Export::Sdk(e) => e.set_resource(resource),
-            Export::Http(e) => SpanExporter::set_resource(&mut **e, resource),
-        }
-    }
-}
-
-impl<S: LogExporter> LogExporter for Export<S> {
-    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
-        match self {
-            Export::Sdk(e) => e.export(batch).await,
-            Export::Http(e) => LogExporter::export(&**e, batch).await,
-        }
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        match self {
-            Export::Sdk(e) => e.shutdown_with_timeout(timeout),
-            Export::Http(e) => e.shutdown(),
-        }
-    }
-    fn set_resource(&mut self, resource: &Resource) {
-        match self {
-            Export::Sdk(e) => e.set_resource(resource),
-            Export::Http(e) => LogExporter::set_resource(&mut **e, resource),
-        }
-    }
+/// The headers of `signal`'s requests, from the environment (see [`headers`]).
+pub(crate) fn headers_from_env(signal: Signal) -> HeaderMap {
+    headers(|k| std::env::var(k).ok(), signal.env())
 }
 
 /// The headers of `signal`'s (`TRACES` or `LOGS`) requests, as `opentelemetry-otlp` reads them: `OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS`,
 /// else `OTEL_EXPORTER_OTLP_HEADERS`; `key=value` pairs separated by commas, values percent-decoded. A pair
 /// that is not a valid header is skipped, as upstream does.
-pub(crate) fn headers_from_env(signal: &str) -> HeaderMap {
-    headers(|k| std::env::var(k).ok(), signal)
-}
-
 fn headers(lookup: impl Fn(&str) -> Option<String>, signal: &str) -> HeaderMap {
     let mut map = HeaderMap::new();
     let Some(spec) = lookup(&format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS"))
@@ -353,10 +363,15 @@ mod tests {
         (url, handle)
     }
 
-    fn exporter(url: &str) -> HttpExporter {
+    fn exporter(url: &str) -> OtlpExporter {
         let mut h = HeaderMap::new();
         h.insert("x-tenant", HeaderValue::from_static("t1"));
-        HttpExporter::new(url, h, Duration::from_secs(5))
+        let timeout = Duration::from_secs(5);
+        OtlpExporter::new(OtlpProtocol::HttpProtobuf, Signal::Traces, url, h, timeout).unwrap()
+    }
+
+    fn send(e: &OtlpExporter, body: &[u8]) -> OTelSdkResult {
+        futures_executor::block_on(e.send(body.to_vec()))
     }
 
     #[test]
@@ -364,7 +379,7 @@ mod tests {
         // 503 then 200: the same bytes are sent twice, with the headers and the protobuf content type.
         let (url, seen) = collector(vec![503, 200]);
         let e = exporter(&url);
-        assert!(e.post(b"batch".to_vec()).is_ok());
+        assert!(send(&e, b"batch").is_ok());
         let seen = seen.join().unwrap();
         assert_eq!(seen.len(), 2);
         for (head, body) in &seen {
@@ -379,15 +394,12 @@ mod tests {
         }
         // 400: the collector will never take it; one request, and the batch fails (counted as dropped).
         let (url, seen) = collector(vec![400]);
-        let err = exporter(&url).post(b"batch".to_vec()).unwrap_err();
+        let err = send(&exporter(&url), b"batch").unwrap_err();
         assert!(err.to_string().contains("HTTP 400"), "{err}");
         assert_eq!(seen.join().unwrap().len(), 1);
         // After shutdown nothing is sent.
         let e = exporter(&url);
         e.shutdown().unwrap();
-        assert!(matches!(
-            e.post(Vec::new()),
-            Err(OTelSdkError::AlreadyShutdown)
-        ));
+        assert!(matches!(send(&e, b""), Err(OTelSdkError::AlreadyShutdown)));
     }
 }
