@@ -7,11 +7,12 @@
 # rounds, and prints per target: req/s, CPU µs per request (nginx: its worker; a proxy: the whole process, every
 # thread), and context switches per request.
 #
-#   bash bench/cpu-per-request.sh "LABEL|[VAR=value ...] BINARY full|off|otlp|jsonl" ...
+#   bash bench/cpu-per-request.sh "LABEL|[VAR=value ...] BINARY full|full-grpc|off|otlp|jsonl" ...
 #   e.g. bash bench/cpu-per-request.sh "old|/tmp/rb-old full" "new|target/release/retrybudget full" \
 #                                      "new-1-thread|RETRYBUDGET_THREADS=1 target/release/retrybudget full"
 #
-# full = JSONL evidence file + OTLP/HTTP to a live `rotel --exporter blackhole`; off = neither; otlp, jsonl = one. The load is
+# full = JSONL evidence file + OTLP/HTTP to a live `rotel --exporter blackhole`; full-grpc = the same over OTLP/gRPC;
+# off = neither; otlp, jsonl = one. The load is
 # `wrk -t1 -c$CONNECTIONS` for $DURATION seconds after a 1 s warm-up, distinct bodies (a counter in the
 # prompt). SYSCALLS=1 adds syscalls per request (`perf stat` over all but the last second of the
 # run; its tracepoint slows every target). Settings: ROUNDS (2),
@@ -41,7 +42,8 @@ HOP_PORT=$(free_port)
 nginx_conf origin "$ORIGIN_PORT" "default_type application/json; client_body_buffer_size 64k; return 200 '$COMPLETION';"
 nginx_conf hop "$HOP_PORT" 'proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";'
 ROTEL_HTTP=$(free_port)
-"$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$(free_port)" --otlp-http-endpoint "127.0.0.1:$ROTEL_HTTP" \
+ROTEL_GRPC=$(free_port)
+"$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$ROTEL_GRPC" --otlp-http-endpoint "127.0.0.1:$ROTEL_HTTP" \
     --exporter blackhole --pid-file "$TMP/rotel.pid" --log-file "$TMP/rotel.log" >"$TMP/rotel.out" 2>&1 &
 PIDS+=($!)
 sleep 0.5
@@ -87,11 +89,15 @@ for round in $(seq 1 "$ROUNDS"); do
         mode=${words[1]:-full}
         cmd=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u RETRYBUDGET_EVIDENCE_FILE RETRYBUDGET_MAX_IN_FLIGHT=8192 "${envs[@]}")
         args=(proxy --listen 127.0.0.1:0 --upstream "http://127.0.0.1:$ORIGIN_PORT")
-        if [ "$mode" = full ] || [ "$mode" = otlp ]; then
+        case $mode in
+        full | otlp)
             cmd+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$ROTEL_HTTP" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
-                OTEL_METRIC_EXPORT_INTERVAL=5000 OTEL_BSP_MAX_QUEUE_SIZE=16384)
-        fi
-        if [ "$mode" = full ] || [ "$mode" = jsonl ]; then
+                OTEL_METRIC_EXPORT_INTERVAL=5000 OTEL_BSP_MAX_QUEUE_SIZE=16384) ;;
+        full-grpc)
+            cmd+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$ROTEL_GRPC" OTEL_EXPORTER_OTLP_PROTOCOL=grpc
+                OTEL_METRIC_EXPORT_INTERVAL=5000 OTEL_BSP_MAX_QUEUE_SIZE=16384) ;;
+        esac
+        if [ "$mode" = full ] || [ "$mode" = full-grpc ] || [ "$mode" = jsonl ]; then
             args+=(--evidence-file "$TMP/evidence-$label-$round.jsonl")
         fi
         "${cmd[@]}" "$bin" "${args[@]}" >"$TMP/proxy.log" 2>&1 &
