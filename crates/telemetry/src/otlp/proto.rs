@@ -123,18 +123,19 @@ impl Writer {
 
     // --- common.v1 ---
 
-    fn key_value(&mut self, field: u32, key: &str, value: &Value) {
+    /// A `KeyValue`; `value` writes the body of its `AnyValue`.
+    fn key_value(&mut self, field: u32, key: &str, value: impl FnOnce(&mut Writer)) {
         self.begin(field);
         self.str(1, key);
         self.begin(2);
-        self.value(value);
+        value(self);
         self.end();
         self.end();
     }
 
     fn attributes<'a>(&mut self, field: u32, attrs: impl IntoIterator<Item = &'a KeyValue>) {
         for kv in attrs {
-            self.key_value(field, kv.key.as_str(), &kv.value);
+            self.key_value(field, kv.key.as_str(), |w| w.value(&kv.value));
         }
     }
 
@@ -206,7 +207,7 @@ impl Writer {
             AnyValue::Map(map) => {
                 self.begin(6);
                 for (k, v) in map.iter() {
-                    self.any_key_value(1, k.as_str(), v);
+                    self.key_value(1, k.as_str(), |w| w.any_value(v));
                 }
                 self.end();
             }
@@ -217,15 +218,6 @@ impl Writer {
             }
             _ => {}
         }
-    }
-
-    fn any_key_value(&mut self, field: u32, key: &str, value: &AnyValue) {
-        self.begin(field);
-        self.str(1, key);
-        self.begin(2);
-        self.any_value(value);
-        self.end();
-        self.end();
     }
 
     /// An `InstrumentationScope` (named `name`: a log record's target replaces its scope's name).
@@ -249,7 +241,7 @@ impl EncodedResource {
     pub(crate) fn new(resource: &Resource) -> EncodedResource {
         let mut w = Writer::default();
         for (k, v) in resource.iter() {
-            w.key_value(1, k.as_str(), v);
+            w.key_value(1, k.as_str(), |w| w.value(v));
         }
         EncodedResource {
             attributes: w.buf,
@@ -414,7 +406,7 @@ fn log_message(w: &mut Writer, record: &SdkLogRecord) {
         w.end();
     }
     for (k, v) in record.attributes_iter() {
-        w.any_key_value(6, k.as_str(), v);
+        w.key_value(6, k.as_str(), |w| w.any_value(v));
     }
     if let Some(cx) = record.trace_context() {
         w.fixed32(8, cx.trace_flags.map_or(0, |f| u32::from(f.to_u8())));
@@ -720,7 +712,7 @@ mod tests {
         for len in [0, 1, 120, 127, 128, 300, 16_383, 16_384, 70_000] {
             // A KeyValue whose value nests one level deeper, so both the outer and the inner length grow.
             let mut w = Writer::default();
-            w.key_value(1, "k", &Value::from("z".repeat(len)));
+            w.key_value(1, "k", |w| w.value(&Value::from("z".repeat(len))));
             let bytes = w.bytes();
             assert_eq!(bytes[0], 0x0a, "field 1, length-delimited");
             let mut rest = &bytes[1..];
