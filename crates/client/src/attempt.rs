@@ -181,7 +181,7 @@ impl Client {
         {
             headers.insert(header::AUTHORIZATION, authorization.clone());
         }
-        let uri = match http::Uri::try_from(format!("{}{}", inner.base, request.path)) {
+        let uri = match http::Uri::try_from([inner.base.as_str(), request.path.as_str()].concat()) {
             Ok(uri) => uri,
             Err(_) => return Output::Failed(FailureKind::Other),
         };

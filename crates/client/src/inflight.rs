@@ -54,14 +54,15 @@ impl Inflight {
             route: inner.route.clone(),
             provider: inner.provider.clone(),
             // Scope = upstream + model; the base as redacted for telemetry, since the scope is a metric label.
-            scope: format!(
-                "{}|{}",
+            scope: [
                 inner
                     .redacted_base
                     .as_deref()
                     .unwrap_or(inner.server_address.as_str()),
-                model.as_str()
-            )
+                "|",
+                model.as_str(),
+            ]
+            .concat()
             .into(),
             operation: gen_ai_operation(&request.url_template),
             model,
@@ -88,9 +89,9 @@ impl Inflight {
             attrs.push(KeyValue::new(GEN_AI_REQUEST_TEMPERATURE, t));
         }
         let name = if labels.operation == GEN_AI_OPERATION_OTHER {
-            format!("{} {}", labels.method, labels.url_template)
+            [labels.method.as_str(), " ", labels.url_template.as_str()].concat()
         } else {
-            format!("{} {span_model}", labels.operation)
+            [labels.operation, " ", span_model.as_str()].concat()
         };
         // Without an explicit parent (the proxy passes the caller's `traceparent`), the call joins the current
         // context: inside a `tracing` span bridged by `tracing-opentelemetry`, that is the span's (the layer
@@ -154,7 +155,7 @@ impl Inflight {
             url_full: inner
                 .redacted_base
                 .as_ref()
-                .map(|b| format!("{b}{}", request.url_template)),
+                .map(|b| [b.as_str(), request.url_template.as_str()].concat()),
             labels,
             call_cx,
             attempt: None,
@@ -216,7 +217,7 @@ impl Inflight {
         if let Some(u) = &self.url_full {
             attrs.push(KeyValue::new(URL_FULL, u.clone()));
         }
-        let name = format!("{} {}", l.method, l.url_template);
+        let name = [l.method.as_str(), " ", l.url_template.as_str()].concat();
         let cx =
             self.client
                 .inner

@@ -159,6 +159,8 @@ impl Client {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos() as u64;
+        let route = CallLabels::shared(config.route_name);
+        telemetry.announce_route(&route);
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -170,7 +172,7 @@ impl Client {
                 server_address: CallLabels::shared(server_address),
                 server_port,
                 provider: CallLabels::shared(config.provider_name),
-                route: CallLabels::shared(config.route_name),
+                route,
                 authorization: config.api_key.as_ref().and_then(bearer),
                 max_response_body: config.max_response_body,
                 models: ModelLabels::new(config.max_models_per_route),

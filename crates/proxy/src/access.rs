@@ -231,7 +231,7 @@ impl Access {
         headers.remove(header::AUTHORIZATION);
         headers.remove(&self.api_key_header);
         let text = if self.api_key_header == header::AUTHORIZATION {
-            format!("Bearer {}", key.expose_secret())
+            ["Bearer ", key.expose_secret()].concat()
         } else {
             key.expose_secret().to_owned()
         };

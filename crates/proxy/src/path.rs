@@ -14,6 +14,8 @@
 //! - An unparsable or control-character path being "repaired" by a parser and sent somewhere else.
 //! - Echoing the path: it may carry user data. Errors say what kind of thing is wrong, never the path.
 
+use retrybudget_policy::routes;
+
 /// Why a path was refused (the message says what to do next; it never quotes the path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PathError {
@@ -123,6 +125,10 @@ pub(crate) struct Base {
     url: url::Url,
     /// The base's path + `/v1/`: every joined path must start with it.
     prefix: String,
+    /// The verdicts for the fixed route paths (chat completions, …), worked out once by the full check: a
+    /// request on one of them, nearly every request, is checked by comparing its path, not by parsing a URL.
+    /// The check is a function of the two strings alone, so this answers exactly as the full check would.
+    known: Vec<(&'static str, Result<(), PathError>)>,
 }
 
 impl Base {
@@ -130,16 +136,29 @@ impl Base {
     pub(crate) fn parse(base: &str) -> Option<Base> {
         let url = url::Url::parse(base).ok()?;
         let prefix = format!("{}/v1/", url.path().trim_end_matches('/'));
-        Some(Base {
+        let mut base = Base {
             raw: base.to_owned(),
             url,
             prefix,
-        })
+            known: Vec::new(),
+        };
+        base.known = FIXED_ROUTES
+            .iter()
+            .map(|&path| (path, base.parse_and_check(path)))
+            .collect();
+        Some(base)
     }
 
     /// The base joined with `path_and_query` must parse, keep the base's scheme, host, port and user, carry no
     /// fragment, and its path must still start with the base's path + `/v1/`.
     pub(crate) fn check_joined(&self, path_and_query: &str) -> Result<(), PathError> {
+        match self.known.iter().find(|(path, _)| *path == path_and_query) {
+            Some((_, verdict)) => *verdict,
+            None => self.parse_and_check(path_and_query),
+        }
+    }
+
+    fn parse_and_check(&self, path_and_query: &str) -> Result<(), PathError> {
         let mut text = String::with_capacity(self.raw.len() + path_and_query.len());
         text.push_str(&self.raw);
         text.push_str(path_and_query);
@@ -158,6 +177,16 @@ impl Base {
     }
 }
 
+/// The route templates that are request paths as they stand (no `{placeholder}`).
+const FIXED_ROUTES: [&str; 6] = [
+    routes::CHAT_COMPLETIONS,
+    routes::COMPLETIONS,
+    routes::EMBEDDINGS,
+    routes::RESPONSES,
+    routes::MODERATIONS,
+    routes::MODELS,
+];
+
 /// [`Base::check_joined`] for a base given as text (tests and fuzzing).
 pub(crate) fn check_joined(base: &str, path_and_query: &str) -> Result<(), PathError> {
     Base::parse(base)
@@ -167,6 +196,7 @@ pub(crate) fn check_joined(base: &str, path_and_query: &str) -> Result<(), PathE
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -267,5 +297,34 @@ mod tests {
             check_joined("https://gw.example/openai", "/v1/../../x"),
             Err(PathError::Escapes)
         );
+    }
+
+    /// The remembered verdicts of the fixed routes are those the full check gives, for bases where they pass
+    /// and bases where they must not (a base whose own path makes every joined path escape its `/v1/`).
+    #[test]
+    fn remembered_verdicts_match_the_full_check() {
+        for base in [
+            "http://127.0.0.1:8080",
+            "https://gw.example/openai/",
+            "https://gw.example/a?q=1",
+            "https://gw.example/a#frag",
+        ] {
+            let b = Base::parse(base).unwrap();
+            assert_eq!(b.known.len(), FIXED_ROUTES.len());
+            for path in FIXED_ROUTES {
+                assert_eq!(
+                    b.check_joined(path),
+                    b.parse_and_check(path),
+                    "{base} {path}"
+                );
+            }
+        }
+        let escaping = Base::parse("https://gw.example/a?q=1").unwrap();
+        assert_eq!(
+            escaping.check_joined(routes::CHAT_COMPLETIONS),
+            Err(PathError::Escapes)
+        );
+        let ok = Base::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(ok.check_joined(routes::CHAT_COMPLETIONS), Ok(()));
     }
 }

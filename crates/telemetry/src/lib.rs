@@ -4,7 +4,8 @@
 //! - [`config`]: settings from the standard `OTEL_*` variables (protocol and `OTEL_SDK_DISABLED` included).
 //! - [`Telemetry`]: OTLP export over gRPC or HTTP/protobuf, the same instruments for Prometheus scraping, the
 //!   JSONL evidence file; bounded queues, counted drops, a shutdown that waits a bounded time. Over HTTP,
-//!   spans and log records go through our own encoder (`otlp`), the hot path of full evidence.
+//!   spans and log records go through our own encoder (`otlp`), the hot path of full evidence; metrics
+//!   are aggregated once for Prometheus and OTLP (`metric_push`).
 //! - [`labels`]: caller-chosen model ids turned into bounded metric labels and budget scopes.
 //! - [`evidence`]: [`AttemptEvent`] and [`CallEvent`], whose one `emit` writes span attributes, log record,
 //!   metrics and evidence line together.
@@ -19,6 +20,7 @@ pub mod evidence;
 mod evidence_file;
 pub mod export;
 pub mod labels;
+mod metric_push;
 pub mod names;
 mod nested;
 mod otlp;

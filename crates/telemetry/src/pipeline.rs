@@ -18,13 +18,15 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{BatchLogProcessor, SdkLogger, SdkLoggerProvider};
-use opentelemetry_sdk::metrics::{Instrument, PeriodicReader, SdkMeterProvider, Stream};
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter as _;
+use opentelemetry_sdk::metrics::{Instrument, SdkMeterProvider, Stream};
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 
 use crate::TelemetryError;
 use crate::config::{OtlpProtocol, TelemetryConfig};
 use crate::evidence_file::EvidenceWriter;
 use crate::export::{Bounded, Counted, Dropped, LOGS, Queue, SIGNALS, TRACES};
+use crate::metric_push::{MetricPush, SharedReader};
 use crate::names::*;
 use crate::otlp::{OtlpExporter, Signal, headers_from_env};
 
@@ -133,6 +135,7 @@ pub(crate) struct Inner {
     pub(crate) logger: Option<SdkLogger>,
     logger_provider: Option<SdkLoggerProvider>,
     meter_provider: SdkMeterProvider,
+    metric_push: Option<MetricPush>,
     meter: Meter,
     registry: prometheus::Registry,
     pub(crate) instruments: Instruments,
@@ -183,10 +186,13 @@ impl Telemetry {
                 .build()
                 .ok()
         };
+        // One aggregation for `/metrics` and OTLP alike (`crate::metric_push`).
+        let prom = SharedReader(Arc::new(prom));
         let mut meters = SdkMeterProvider::builder()
             .with_resource(resource.clone())
             .with_view(limit_cardinality)
-            .with_reader(prom);
+            .with_reader(prom.clone());
+        let mut metric_push = None;
         let mut tracers = SdkTracerProvider::builder().with_resource(resource.clone());
         let mut logger_provider = None;
         if let Some(otlp) = &config.otlp {
@@ -251,11 +257,11 @@ impl Telemetry {
                     .build(),
                 queue: span_queue,
             });
-            meters = meters.with_reader(
-                PeriodicReader::builder(metrics)
-                    .with_interval(config.metric_interval)
-                    .build(),
-            );
+            let push_reader = prom.reader_for(metrics.temporality());
+            if !Arc::ptr_eq(&push_reader.0, &prom.0) {
+                meters = meters.with_reader(push_reader.clone());
+            }
+            metric_push = Some((push_reader, metrics));
             logger_provider = Some(
                 SdkLoggerProvider::builder()
                     .with_resource(resource.clone())
@@ -270,6 +276,13 @@ impl Telemetry {
         }
         let tracer_provider = tracers.build();
         let meter_provider = meters.build();
+        let metric_push = match metric_push {
+            Some((reader, exporter)) => Some(
+                MetricPush::start(reader, exporter, config.metric_interval)
+                    .map_err(|e| TelemetryError::Init(format!("metrics export thread: {e}")))?,
+            ),
+            None => None,
+        };
         let meter = meter_provider.meter(SCOPE_NAME);
         let tracer = tracer_provider.tracer(SCOPE_NAME);
         let logger = logger_provider.as_ref().map(|p| p.logger(SCOPE_NAME));
@@ -303,6 +316,7 @@ impl Telemetry {
                 logger,
                 logger_provider,
                 meter_provider,
+                metric_push,
                 meter,
                 registry,
                 evidence,
@@ -346,6 +360,16 @@ impl Telemetry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(gauge);
+    }
+
+    /// Creates `route`'s series that dashboards and alerts must read as 0, not "no data", before anything
+    /// happened on it (`retrybudget.client.nested_retries`). Once per route, not per call: every measurement
+    /// costs a hash of its attributes on the request path.
+    pub fn announce_route(&self, route: &opentelemetry::StringValue) {
+        self.inner
+            .instruments
+            .nested_retries
+            .add(0, &[KeyValue::new(RB_ROUTE, route.clone())]);
     }
 
     /// Counts a request the proxy refused locally; `reason` is one of a fixed set of words (bounded label).
@@ -451,10 +475,12 @@ impl Telemetry {
                 if let Some(p) = &inner.logger_provider {
                     let _ = p.force_flush();
                 }
-                let _ = inner.meter_provider.force_flush();
                 let _ = inner.tracer_provider.shutdown_with_timeout(per);
                 if let Some(p) = &inner.logger_provider {
                     let _ = p.shutdown_with_timeout(per);
+                }
+                if let Some(m) = &inner.metric_push {
+                    m.shutdown();
                 }
                 let _ = inner.meter_provider.shutdown_with_timeout(per);
                 if let Some(e) = &inner.evidence {

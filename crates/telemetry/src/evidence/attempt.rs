@@ -14,6 +14,7 @@ use crate::export::EVIDENCE;
 use crate::names::*;
 use crate::nested::CallerRetry;
 use crate::pipeline::Telemetry;
+use crate::propagation::hex;
 use crate::record::EvidenceRecord;
 use crate::timestamp::rfc3339;
 
@@ -200,8 +201,8 @@ impl AttemptEvent<'_> {
                 caller_retry: self.caller_retry.map(|r| r.source.as_str().into()),
                 caller_attempt: self.caller_retry.map(|r| r.attempt),
                 operator_note: note.into(),
-                trace_id: ctx.trace_id().to_string().into(),
-                span_id: ctx.span_id().to_string().into(),
+                trace_id: hex(&ctx.trace_id().to_bytes()).into(),
+                span_id: hex(&ctx.span_id().to_bytes()).into(),
             };
             match serde_json::to_vec(&record) {
                 Ok(line) => writer.write(&line),

@@ -146,17 +146,16 @@ impl CallEvent<'_> {
         }
         i.operation_duration
             .record(self.duration.as_secs_f64(), &op_attrs);
-        // One count per caller re-send, by how it was recognised. Adding 0 to the route's series otherwise
-        // still creates it, so dashboards and alerts see a 0, not "no data".
-        match self.caller_retry {
-            Some(r) => i.nested_retries.add(
+        // One count per caller re-send, by how it was recognised (the route's 0 series exists from the start:
+        // `Telemetry::announce_route`).
+        if let Some(r) = self.caller_retry {
+            i.nested_retries.add(
                 1,
                 &[
                     route,
                     KeyValue::new(RB_CALLER_RETRY_SOURCE, r.source.as_str()),
                 ],
-            ),
-            None => i.nested_retries.add(0, &[route]),
+            );
         }
         span.end();
     }
