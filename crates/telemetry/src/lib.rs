@@ -15,6 +15,7 @@
 //! This crate must never record content: no API key, prompt, completion, full body or upstream error message
 //! ever reaches an event type, so none can reach an exporter.
 
+mod bound;
 pub mod config;
 pub mod evidence;
 mod evidence_file;

@@ -23,6 +23,7 @@ use opentelemetry_sdk::metrics::{Instrument, SdkMeterProvider, Stream};
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 
 use crate::TelemetryError;
+use crate::bound::Bound;
 use crate::config::{OtlpProtocol, TelemetryConfig};
 use crate::evidence_file::EvidenceWriter;
 use crate::export::{Bounded, Counted, Dropped, LOGS, Queue, SIGNALS, TRACES};
@@ -33,12 +34,12 @@ use crate::otlp::{OtlpExporter, Signal, headers_from_env};
 /// The instruments of the contract, created once.
 #[derive(Debug)]
 pub(crate) struct Instruments {
-    pub(crate) http_duration: Histogram<f64>,
-    pub(crate) operation_duration: Histogram<f64>,
-    pub(crate) token_usage: Histogram<u64>,
-    pub(crate) calls: Counter<u64>,
-    pub(crate) attempts: Counter<u64>,
-    pub(crate) call_attempts: Histogram<u64>,
+    pub(crate) http_duration: Bound<Histogram<f64>>,
+    pub(crate) operation_duration: Bound<Histogram<f64>>,
+    pub(crate) token_usage: Bound<Histogram<u64>>,
+    pub(crate) calls: Bound<Counter<u64>>,
+    pub(crate) attempts: Bound<Counter<u64>>,
+    pub(crate) call_attempts: Bound<Histogram<u64>>,
     pub(crate) backoff: Histogram<f64>,
     pub(crate) budget_denied: Counter<u64>,
     pub(crate) nested_retries: Counter<u64>,
@@ -50,40 +51,52 @@ pub(crate) struct Instruments {
 impl Instruments {
     fn new(meter: &Meter) -> Self {
         Instruments {
-            http_duration: meter
-                .f64_histogram(M_HTTP_CLIENT_REQUEST_DURATION)
-                .with_unit("s")
-                .with_description("Duration of each HTTP attempt to the upstream.")
-                .with_boundaries(HTTP_DURATION_BUCKETS.to_vec())
-                .build(),
-            operation_duration: meter
-                .f64_histogram(M_GEN_AI_OPERATION_DURATION)
-                .with_unit("s")
-                .with_description("Duration of each logical chat call, backoff included.")
-                .with_boundaries(GEN_AI_DURATION_BUCKETS.to_vec())
-                .build(),
-            token_usage: meter
-                .u64_histogram(M_GEN_AI_TOKEN_USAGE)
-                .with_unit("{token}")
-                .with_description("Tokens used per call, by token type.")
-                .with_boundaries(TOKEN_BUCKETS.to_vec())
-                .build(),
-            calls: meter
-                .u64_counter(M_CALLS)
-                .with_unit("{call}")
-                .with_description("Logical calls by terminal outcome.")
-                .build(),
-            attempts: meter
-                .u64_counter(M_ATTEMPTS)
-                .with_unit("{attempt}")
-                .with_description("Upstream attempts by decision and error type.")
-                .build(),
-            call_attempts: meter
-                .u64_histogram(M_CALL_ATTEMPTS)
-                .with_unit("{attempt}")
-                .with_description("Attempts per logical call.")
-                .with_boundaries(CALL_ATTEMPTS_BUCKETS.to_vec())
-                .build(),
+            http_duration: Bound::new(
+                meter
+                    .f64_histogram(M_HTTP_CLIENT_REQUEST_DURATION)
+                    .with_unit("s")
+                    .with_description("Duration of each HTTP attempt to the upstream.")
+                    .with_boundaries(HTTP_DURATION_BUCKETS.to_vec())
+                    .build(),
+            ),
+            operation_duration: Bound::new(
+                meter
+                    .f64_histogram(M_GEN_AI_OPERATION_DURATION)
+                    .with_unit("s")
+                    .with_description("Duration of each logical chat call, backoff included.")
+                    .with_boundaries(GEN_AI_DURATION_BUCKETS.to_vec())
+                    .build(),
+            ),
+            token_usage: Bound::new(
+                meter
+                    .u64_histogram(M_GEN_AI_TOKEN_USAGE)
+                    .with_unit("{token}")
+                    .with_description("Tokens used per call, by token type.")
+                    .with_boundaries(TOKEN_BUCKETS.to_vec())
+                    .build(),
+            ),
+            calls: Bound::new(
+                meter
+                    .u64_counter(M_CALLS)
+                    .with_unit("{call}")
+                    .with_description("Logical calls by terminal outcome.")
+                    .build(),
+            ),
+            attempts: Bound::new(
+                meter
+                    .u64_counter(M_ATTEMPTS)
+                    .with_unit("{attempt}")
+                    .with_description("Upstream attempts by decision and error type.")
+                    .build(),
+            ),
+            call_attempts: Bound::new(
+                meter
+                    .u64_histogram(M_CALL_ATTEMPTS)
+                    .with_unit("{attempt}")
+                    .with_description("Attempts per logical call.")
+                    .with_boundaries(CALL_ATTEMPTS_BUCKETS.to_vec())
+                    .build(),
+            ),
             backoff: meter
                 .f64_histogram(M_BACKOFF_DURATION)
                 .with_unit("s")

@@ -112,7 +112,7 @@ impl AttemptEvent<'_> {
         if let Some(s) = self.status {
             http_attrs.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(s)));
         }
-        i.attempts.add(1, &attempt_attrs);
+        i.attempts.record(1, &attempt_attrs);
         // A request refused by local validation never left: it has evidence, but no HTTP duration. Neither did
         // a caller's re-send the budget refused to pay for: stopped for the budget without any response or
         // transport error (every other budget stop follows a failed attempt).
@@ -204,8 +204,10 @@ impl AttemptEvent<'_> {
                 trace_id: hex(&ctx.trace_id().to_bytes()).into(),
                 span_id: hex(&ctx.span_id().to_bytes()).into(),
             };
-            match serde_json::to_vec(&record) {
-                Ok(line) => writer.write(&line),
+            // A line is ~450 bytes: one allocation instead of a buffer grown (and copied) three times.
+            let mut line = Vec::with_capacity(512);
+            match serde_json::to_writer(&mut line, &record) {
+                Ok(()) => writer.write(&line),
                 Err(_) => inner.dropped.add(EVIDENCE, 1),
             }
         }

@@ -124,7 +124,7 @@ impl CallEvent<'_> {
             span.set_status(Status::error(outcome));
         }
         let route = KeyValue::new(RB_ROUTE, l.route.clone());
-        i.calls.add(
+        i.calls.record(
             1,
             &[
                 route.clone(),

@@ -39,6 +39,14 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// A writer whose buffer holds `bytes` before it must grow.
+    pub(crate) fn with_capacity(bytes: usize) -> Writer {
+        Writer {
+            buf: Vec::with_capacity(bytes),
+            open: Vec::with_capacity(8),
+        }
+    }
+
     /// The request written.
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         self.buf
@@ -238,6 +246,11 @@ pub(crate) struct EncodedResource {
 }
 
 impl EncodedResource {
+    /// Bytes it adds to a request, about.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.attributes.len() + self.schema_url.len()
+    }
+
     pub(crate) fn new(resource: &Resource) -> EncodedResource {
         let mut w = Writer::default();
         for (k, v) in resource.iter() {
