@@ -71,14 +71,17 @@ impl Inflight {
             url_template: CallLabels::shared(request.url_template.as_str()),
             method: http_method_label(request.method.as_str()).into(),
         };
-        let mut attrs = vec![
+        // Room for the request's optional attributes and those the call's end adds (`CallEvent`): the span's
+        // attributes then grow in place.
+        let mut attrs = Vec::with_capacity(24);
+        attrs.extend([
             KeyValue::new(GEN_AI_OPERATION_NAME, labels.operation),
             KeyValue::new(GEN_AI_PROVIDER_NAME, labels.provider.clone()),
             KeyValue::new(GEN_AI_REQUEST_MODEL, span_model.clone()),
             KeyValue::new(SERVER_ADDRESS, labels.server_address.clone()),
             KeyValue::new(SERVER_PORT, i64::from(labels.server_port)),
             KeyValue::new(RB_ROUTE, labels.route.clone()),
-        ];
+        ]);
         if request.stream {
             attrs.push(KeyValue::new(GEN_AI_REQUEST_STREAM, true));
         }
@@ -213,7 +216,8 @@ impl Inflight {
             return self.call_cx.clone();
         }
         let l = &self.labels;
-        let mut attrs = l.http_attributes();
+        // Room for `url.full` and the attributes the attempt's end adds (`AttemptEvent`).
+        let mut attrs = l.http_attributes(10);
         if let Some(u) = &self.url_full {
             attrs.push(KeyValue::new(URL_FULL, u.clone()));
         }

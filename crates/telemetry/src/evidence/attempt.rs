@@ -104,7 +104,7 @@ impl AttemptEvent<'_> {
             KeyValue::new(GEN_AI_REQUEST_MODEL, l.model.clone()),
             KeyValue::new(RB_DECISION, decision),
         ];
-        let mut http_attrs = l.http_attributes();
+        let mut http_attrs = l.http_attributes(2);
         if let Some(e) = &error_type {
             attempt_attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));
             http_attrs.push(KeyValue::new(ERROR_TYPE, e.clone()));

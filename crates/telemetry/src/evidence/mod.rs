@@ -60,13 +60,17 @@ impl CallLabels {
         StringValue::from(value.into())
     }
 
-    /// The low-cardinality HTTP attributes every attempt shares (span and `http.client.request.duration`).
-    pub fn http_attributes(&self) -> Vec<KeyValue> {
-        vec![
+    /// The low-cardinality HTTP attributes every attempt shares (span and `http.client.request.duration`), in a
+    /// vector with room for `more`: a span's attributes grow in place when the attempt ends, instead of being
+    /// copied to a larger buffer.
+    pub fn http_attributes(&self, more: usize) -> Vec<KeyValue> {
+        let mut attrs = Vec::with_capacity(4 + more);
+        attrs.extend([
             KeyValue::new(HTTP_REQUEST_METHOD, self.method.clone()),
             KeyValue::new(SERVER_ADDRESS, self.server_address.clone()),
             KeyValue::new(SERVER_PORT, i64::from(self.server_port)),
             KeyValue::new(URL_TEMPLATE, self.url_template.clone()),
-        ]
+        ]);
+        attrs
     }
 }
