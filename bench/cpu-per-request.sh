@@ -24,29 +24,17 @@ SECS=${DURATION:-5}
 WINDOW=$((SECS > 2 ? SECS - 1 : 1)) # seconds of the measured run that SYSCALLS=1 counts
 CONNECTIONS=${CONNECTIONS:-32}
 (($#)) || { sed -n 2,18p "$0"; exit 2; }
-ROTEL=${ROTEL_AGENT:-$(python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))' 2>/dev/null || true)}
-[ -x "$ROTEL" ] || { echo "cpu-per-request: no rotel-agent: pip install --pre rotel (or set ROTEL_AGENT)" >&2; exit 2; }
+source "$(dirname "$0")/common.sh"
+find_rotel cpu-per-request
 ulimit -n 65536 2>/dev/null || true
 
-TMP=$(mktemp -d -t retrybudget-cpu.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-source "$(dirname "$0")/common.sh"
+scratch cpu
 ORIGIN_PORT=$(free_port)
 HOP_PORT=$(free_port)
 nginx_conf origin "$ORIGIN_PORT" "default_type application/json; client_body_buffer_size 64k; return 200 '$COMPLETION';"
 nginx_conf hop "$HOP_PORT" 'proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";'
-ROTEL_HTTP=$(free_port)
-ROTEL_GRPC=$(free_port)
-"$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$ROTEL_GRPC" --otlp-http-endpoint "127.0.0.1:$ROTEL_HTTP" \
-    --exporter blackhole --pid-file "$TMP/rotel.pid" --log-file "$TMP/rotel.log" >"$TMP/rotel.out" 2>&1 &
-PIDS+=($!)
-sleep 0.5
+start_rotel
+sleep 0.5 # nginx's worker
 HOP_WORKER=$(pgrep -P "${NGINX_MASTER[hop]}" | head -1)
 cat >"$TMP/post.lua" <<'EOF'
 local n = 0
@@ -103,13 +91,7 @@ for round in $(seq 1 "$ROUNDS"); do
         "${cmd[@]}" "$bin" "${args[@]}" >"$TMP/proxy.log" 2>&1 &
         pid=$!
         PIDS+=($pid)
-        addr=""
-        for _ in $(seq 1 200); do
-            addr=$(grep -o 'listening on http://[0-9.:]*' "$TMP/proxy.log" | head -1 | sed 's|listening on http://||')
-            [ -n "$addr" ] && break
-            sleep 0.05
-        done
-        [ -n "$addr" ] || { echo "$label: the proxy did not start:" >&2; cat "$TMP/proxy.log" >&2; exit 1; }
+        addr=$(wait_addr "$TMP/proxy.log") || exit 1
         measure "$label" "$pid" "$addr"
         kill "$pid"
         wait "$pid" 2>/dev/null

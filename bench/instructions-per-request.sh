@@ -21,26 +21,14 @@ set -uo pipefail
 REQUESTS=${REQUESTS:-2000}
 WARM_UP=${WARM_UP:-800}
 (($#)) || { sed -n 2,17p "$0"; exit 2; }
-ROTEL=${ROTEL_AGENT:-$(python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))' 2>/dev/null || true)}
-[ -x "$ROTEL" ] || { echo "instructions-per-request: no rotel-agent: pip install --pre rotel (or set ROTEL_AGENT)" >&2; exit 2; }
+source "$(dirname "$0")/common.sh"
+find_rotel instructions-per-request
 command -v callgrind_control >/dev/null || { echo "instructions-per-request: needs valgrind" >&2; exit 2; }
 
-TMP=$(mktemp -d -t retrybudget-instr.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-source "$(dirname "$0")/common.sh"
+scratch instr
 ORIGIN_PORT=$(free_port)
 nginx_conf origin "$ORIGIN_PORT" "default_type application/json; client_body_buffer_size 64k; return 200 '$COMPLETION';"
-ROTEL_HTTP=$(free_port)
-ROTEL_GRPC=$(free_port)
-"$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$ROTEL_GRPC" --otlp-http-endpoint "127.0.0.1:$ROTEL_HTTP" \
-    --exporter blackhole --pid-file "$TMP/rotel.pid" --log-file "$TMP/rotel.log" >"$TMP/rotel.out" 2>&1 &
-PIDS+=($!)
+start_rotel
 
 load() { # addr, requests: POSTs over 4 kept-alive connections, each answer checked
     python3 - "$1" "$2" <<'PY'
@@ -77,13 +65,7 @@ for variant in "$@"; do
         >"$TMP/proxy.log" 2>&1 &
     pid=$!
     PIDS+=($pid)
-    addr=""
-    for _ in $(seq 1 600); do
-        addr=$(grep -o 'listening on http://[0-9.:]*' "$TMP/proxy.log" | head -1 | sed 's|listening on http://||')
-        [ -n "$addr" ] && break
-        sleep 0.1
-    done
-    [ -n "$addr" ] || { echo "$label: the proxy did not start:" >&2; cat "$TMP/proxy.log" >&2; exit 1; }
+    addr=$(wait_addr "$TMP/proxy.log" 60) || exit 1
     load "$addr" "$WARM_UP" || exit 1
     sleep 1.5
     callgrind_control -z "$pid" >/dev/null 2>&1

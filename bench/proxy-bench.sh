@@ -56,16 +56,12 @@ if ((${#missing[@]})); then
     echo "  Debian: apt-get update && apt-get install -y wrk nginx curl golang python3-pip" >&2
     exit 2
 fi
-ROTEL=${ROTEL_AGENT:-$(python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))' 2>/dev/null || true)}
-if [ ! -x "$ROTEL" ]; then
-    echo "proxy-bench: no rotel-agent: pip install --pre rotel (or set ROTEL_AGENT)" >&2
-    exit 2
-fi
+# free_port, cpu_ticks, nginx_conf, rotel, the origin's fixed COMPLETION and the request BODY
+source "$(dirname "$0")/common.sh"
+find_rotel proxy-bench
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# free_port, cpu_ticks, nginx_conf, the origin's fixed COMPLETION and the request BODY
-source "$ROOT/bench/common.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH_BIN=${BENCH_BIN:-$HOME/.cache/retrybudget-bench/bin}
 mkdir -p "$BENCH_BIN"
@@ -82,28 +78,8 @@ LOADTOOL="$BENCH_BIN/loadtool"
 [ -x "$BENCH_BIN/vegeta" ] || GOBIN="$BENCH_BIN" go install github.com/tsenart/vegeta/v12@v12.13.0
 VEGETA="$BENCH_BIN/vegeta"
 
-TMP=$(mktemp -d -t retrybudget-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
+scratch bench
 
-wait_addr() {
-    local log=$1
-    for _ in $(seq 1 400); do
-        if grep -q 'listening on http://' "$log" 2>/dev/null; then
-            grep -o 'listening on http://[0-9.:]*' "$log" | head -1 | sed 's|listening on http://||'
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "proxy-bench: no address in $log:" >&2
-    cat "$log" >&2
-    return 1
-}
 wait_http() {
     for _ in $(seq 1 400); do
         curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
@@ -134,13 +110,7 @@ wait_http "http://$NGINX/healthz"
 ORIGIN_WORKER=$(pgrep -P "${NGINX_MASTER[origin]}" | head -1)
 HOP_WORKER=$(pgrep -P "${NGINX_MASTER[hop]}" | head -1)
 
-ROTEL_GRPC=$(free_port)
-ROTEL_HTTP=$(free_port)
-"$ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$ROTEL_GRPC" --otlp-http-endpoint "127.0.0.1:$ROTEL_HTTP" \
-    --exporter blackhole --pid-file "$TMP/rotel.pid" --log-file "$TMP/rotel.log" >"$TMP/rotel.out" 2>&1 &
-ROTEL_PID=$!
-PIDS+=($ROTEL_PID)
-for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$ROTEL_HTTP") 2>/dev/null && break; sleep 0.05; done
+start_rotel
 
 EVIDENCE="$TMP/evidence.jsonl"
 FULL_ENV=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$ROTEL_HTTP" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
