@@ -151,11 +151,9 @@ impl Hasher for KeyBits {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u128` is reached (a `Key` hashes as its one `u128`); fold anything else all the same.
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        // Not reached (a `Key` hashes as its one `u128`); folds the bytes in all the same.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
     fn write_u128(&mut self, n: u128) {

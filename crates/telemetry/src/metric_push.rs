@@ -150,9 +150,9 @@ mod tests {
 
     use super::*;
 
-    /// Remembers the last sum it was sent and its temporality.
+    /// Remembers the last sum it was sent, the total of every sum it was sent, and their temporality.
     #[derive(Debug, Clone, Default)]
-    struct Last(Arc<(AtomicU64, Mutex<Option<Temporality>>)>);
+    struct Last(Arc<(AtomicU64, Mutex<Option<Temporality>>, AtomicU64)>);
 
     impl PushMetricExporter for Last {
         async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
@@ -160,6 +160,7 @@ mod tests {
                 if let AggregatedMetrics::U64(MetricData::Sum(s)) = m.data() {
                     let v = s.data_points().map(|p| p.value()).sum::<u64>();
                     self.0.0.store(v, Ordering::SeqCst);
+                    self.0.2.fetch_add(v, Ordering::SeqCst);
                     *self.0.1.lock().unwrap() = Some(s.temporality());
                 }
             }
@@ -232,14 +233,19 @@ mod tests {
         let last = Last::default();
         let push = MetricPush::start(own, last.clone(), Duration::from_millis(20)).unwrap();
         counter.add(4, &[]);
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(last.0.0.load(Ordering::SeqCst), 4);
+        // Wait (bounded) for a tick to push the 4, however slow the machine.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while last.0.2.load(Ordering::SeqCst) < 4 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(last.0.2.load(Ordering::SeqCst), 4, "a tick pushed the 4");
         counter.add(1, &[]);
         push.shutdown();
+        // Cumulative pushes would add up to at least 4 + 5; deltas add up to what was measured.
         assert_eq!(
-            last.0.0.load(Ordering::SeqCst),
-            1,
-            "delta: only what came after the last push"
+            last.0.2.load(Ordering::SeqCst),
+            5,
+            "delta: each push carries only what came after the one before"
         );
         assert_eq!(*last.0.1.lock().unwrap(), Some(Temporality::Delta));
     }
