@@ -7,11 +7,21 @@
 //! the rest of a `reqwest-middleware` chain is another (`retrybudget-middleware`). There is no second retry
 //! loop anywhere.
 //!
-//! # Why hyper's own client, not reqwest
-//! The pool is hyper-util's HTTP/1.1 + HTTP/2 client over rustls: the proxy's hop spent more time in reqwest's
-//! layers (URL re-parsing, header conversion, its own retry and redirect services) than in its policy
-//! (BENCHMARKS.md). Redirects are never followed (a 3xx is the upstream's answer, relayed as it came), and
-//! certificates are checked against the platform's roots, as reqwest did.
+//! # Why hyper's own connections, not reqwest or hyper-util's pool
+//! Attempts go out on hyper's HTTP/1.1 and HTTP/2 connections over rustls: the proxy's hop spent more time in
+//! reqwest's layers (URL re-parsing, header conversion, its own retry and redirect services) than in its
+//! policy, and then, on hyper-util's pooled client, about 8 % of its instructions in that pool: a SipHash of
+//! the origin byte by byte on every checkout and return, the `Host` header formatted again per request, the
+//! URI rewritten (BENCHMARKS.md). The pool here is what a sidecar with a few upstreams needs and no more:
+//! per thread, per origin, a short list of idle connections. Redirects are never followed (a 3xx is the
+//! upstream's answer, relayed as it came), and certificates are checked against the platform's roots.
+//!
+//! What it keeps from hyper-util's: an HTTP/1.1 connection is reused only once its answer was read to the
+//! end (a body dropped early closes it); a kept-alive connection the upstream closed while idle is skipped,
+//! and a request that could not be written on one (hyper hands it back) goes out on a new connection — not
+//! an attempt, as nothing was sent; an idle connection is not reused after 60 s; HTTP/2 (when the upstream
+//! offers it over TLS) is one shared connection per origin and thread. At most [`MAX_IDLE`] idle connections
+//! are kept per origin and thread.
 //!
 //! # Why one pool per thread
 //! hyper's client drives each upstream connection as a task of its own and hands it requests over a channel.
@@ -24,16 +34,23 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Uri, header};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use retrybudget_policy::FailureKind;
+use tower_service::Service as _;
 
 /// A response body as the retry loop reads it: bytes, or the [`FailureKind`] that broke it off.
 pub type ResponseBody = UnsyncBoxBody<Bytes, FailureKind>;
@@ -49,7 +66,11 @@ pub trait Transport: Send {
 }
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-type Hyper = HyperClient<Connector, Full<Bytes>>;
+
+/// How long an idle connection may wait for its next request before it is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections a thread keeps per origin; one more returned is closed (a burst must not pin sockets).
+const MAX_IDLE: usize = 64;
 
 /// The client's own connection pools, one per thread that sends (see the module docs): keep-alive HTTP/1.1
 /// (HTTP/2 when the upstream offers it over TLS).
@@ -61,9 +82,38 @@ pub(crate) struct Pool {
     alive: Arc<()>,
 }
 
+/// A connection's request handle: HTTP/1.1 carries one request at a time (the handle is taken out of the pool
+/// while it does); HTTP/2 multiplexes (the handle stays in the pool and is cloned).
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+impl Idle {
+    fn usable(&self, now: Instant) -> bool {
+        let closed = match &self.sender {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        };
+        !closed && now.duration_since(self.since) < IDLE_TIMEOUT
+    }
+}
+
+/// One thread's idle connections to one origin (scheme and authority).
+struct Origin {
+    https: bool,
+    authority: Authority,
+    idle: Vec<Idle>,
+}
+
 thread_local! {
-    /// This thread's pools, one per live [`Pool`] it sent through.
-    static POOLS: RefCell<Vec<(Weak<()>, Hyper)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's pools, one per live [`Pool`] it sent through: the origins it connected to.
+    static POOLS: RefCell<Vec<(Weak<()>, Vec<Origin>)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Pool {
@@ -86,24 +136,110 @@ impl Pool {
         })
     }
 
-    /// The calling thread's pool (made on first use, when the pools of dropped clients are let go).
-    fn local(&self) -> Hyper {
+    /// Runs `f` on this thread's idle connections to the origin (made on first use, when the pools of dropped
+    /// clients are let go).
+    fn origin<R>(
+        owner: &Arc<()>,
+        https: bool,
+        authority: &Authority,
+        f: impl FnOnce(&mut Vec<Idle>) -> R,
+    ) -> R {
         POOLS.with(|pools| {
             let mut pools = pools.borrow_mut();
             // A `Weak` keeps its allocation, so no other pool can have this address while the entry exists.
-            let me = Arc::as_ptr(&self.alive);
-            if let Some((_, hyper)) = pools.iter().find(|(owner, _)| owner.as_ptr() == me) {
-                return hyper.clone();
-            }
-            pools.retain(|(owner, _)| owner.strong_count() > 0);
-            let hyper = HyperClient::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .build(self.connector.clone());
-            pools.push((Arc::downgrade(&self.alive), hyper.clone()));
-            hyper
+            let me = Arc::as_ptr(owner);
+            let at = match pools.iter().position(|(o, _)| o.as_ptr() == me) {
+                Some(at) => at,
+                None => {
+                    pools.retain(|(o, _)| o.strong_count() > 0);
+                    pools.push((Arc::downgrade(owner), Vec::new()));
+                    pools.len() - 1
+                }
+            };
+            let origins = &mut pools[at].1;
+            let at = match origins
+                .iter()
+                .position(|o| o.https == https && o.authority == *authority)
+            {
+                Some(at) => at,
+                None => {
+                    origins.push(Origin {
+                        https,
+                        authority: authority.clone(),
+                        idle: Vec::new(),
+                    });
+                    origins.len() - 1
+                }
+            };
+            f(&mut origins[at].idle)
         })
+    }
+
+    /// The most recently used live connection to the origin, if this thread has one.
+    fn checkout(&self, https: bool, authority: &Authority) -> Option<Sender> {
+        let now = Instant::now();
+        Pool::origin(&self.alive, https, authority, |idle| {
+            while let Some(entry) = idle.pop() {
+                if !entry.usable(now) {
+                    continue;
+                }
+                return Some(match entry.sender {
+                    Sender::H2(s) => {
+                        let shared = s.clone();
+                        idle.push(Idle {
+                            sender: Sender::H2(s),
+                            since: now,
+                        });
+                        Sender::H2(shared)
+                    }
+                    h1 => h1,
+                });
+            }
+            None
+        })
+    }
+
+    /// A connection free for the origin's next request (dropped instead when the thread keeps enough).
+    fn checkin(owner: &Arc<()>, https: bool, authority: &Authority, sender: Sender) {
+        let now = Instant::now();
+        Pool::origin(owner, https, authority, |idle| {
+            if idle.len() >= MAX_IDLE {
+                idle.retain(|i| i.usable(now));
+            }
+            if idle.len() < MAX_IDLE {
+                idle.push(Idle { sender, since: now });
+            }
+        });
+    }
+
+    /// A new connection to `uri`'s origin: TCP (and TLS, offering HTTP/2 and HTTP/1.1), then the HTTP handshake;
+    /// the connection itself runs as a task of the current runtime.
+    async fn connect(&self, uri: &Uri) -> Result<Sender, FailureKind> {
+        let mut connector = self.connector.clone();
+        let connected = async {
+            std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+            connector.call(uri.clone()).await
+        };
+        let io = connected.await.map_err(|e| {
+            if is_tls(&*e) {
+                FailureKind::Tls
+            } else {
+                FailureKind::Connect
+            }
+        })?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| body_failure(&e))?;
+            tokio::spawn(conn);
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) = http1::handshake(io).await.map_err(|e| body_failure(&e))?;
+            tokio::spawn(conn);
+            Ok(Sender::H1(sender))
+        }
     }
 }
 
@@ -112,27 +248,123 @@ impl Transport for Pool {
         &mut self,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<ResponseBody>, FailureKind> {
-        let response = self
-            .local()
-            .request(request.map(Full::new))
-            .await
-            .map_err(|e| sending_failure(&e))?;
-        Ok(response.map(|body| body.map_err(|e| body_failure(&e)).boxed_unsync()))
+        let (mut head, body) = request.into_parts();
+        let uri = head.uri.clone();
+        let https = uri.scheme() == Some(&Scheme::HTTPS);
+        let authority = uri.authority().cloned().ok_or(FailureKind::Other)?;
+        if !head.headers.contains_key(header::HOST) {
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| FailureKind::Other)?;
+            head.headers.insert(header::HOST, host);
+        }
+        // HTTP/1.1 sends the path and query (origin form); HTTP/2 takes scheme and authority from the URI.
+        let origin_form = Uri::from(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        let mut request = http::Request::from_parts(head, Full::new(body));
+        loop {
+            let (sender, reused) = match self.checkout(https, &authority) {
+                Some(sender) => (sender, true),
+                None => (self.connect(&uri).await?, false),
+            };
+            let sent = match sender {
+                Sender::H1(mut s) => {
+                    *request.uri_mut() = origin_form.clone();
+                    if s.ready().await.is_err() {
+                        if reused {
+                            continue;
+                        }
+                        return Err(FailureKind::ConnectionReset);
+                    }
+                    match s.try_send_request(request).await {
+                        Ok(response) => Ok((response, Some(s))),
+                        Err(e) => Err(e),
+                    }
+                }
+                Sender::H2(mut s) => {
+                    *request.uri_mut() = uri.clone();
+                    if !reused {
+                        Pool::checkin(&self.alive, https, &authority, Sender::H2(s.clone()));
+                    }
+                    if s.ready().await.is_err() {
+                        if reused {
+                            continue;
+                        }
+                        return Err(FailureKind::ConnectionReset);
+                    }
+                    s.try_send_request(request).await.map(|r| (r, None))
+                }
+            };
+            return match sent {
+                Ok((response, h1)) => {
+                    let back = h1.map(|sender| Checkin {
+                        owner: Arc::clone(&self.alive),
+                        https,
+                        authority,
+                        sender,
+                    });
+                    Ok(response.map(|body| {
+                        Returning { body, back }
+                            .map_err(|e| body_failure(&e))
+                            .boxed_unsync()
+                    }))
+                }
+                // Not sent at all on a kept-alive connection the upstream had closed meanwhile: on a new one.
+                Err(mut e) if reused && e.message().is_some() => {
+                    request = e.take_message().ok_or(FailureKind::Other)?;
+                    continue;
+                }
+                Err(e) => Err(body_failure(e.error())),
+            };
+        }
     }
 }
 
-/// What a failure to get a response head means to the policy (`connect_error`, `tls_error`, …), from the
-/// error's kind and source chain — never from a message that could name the URL.
-fn sending_failure(e: &hyper_util::client::legacy::Error) -> FailureKind {
-    if is_tls(e) {
-        FailureKind::Tls
-    } else if e.is_connect() {
-        FailureKind::Connect
-    } else {
-        match std::error::Error::source(e).and_then(|s| s.downcast_ref::<hyper::Error>()) {
-            Some(h) => body_failure(h),
-            None => FailureKind::Other,
+/// An HTTP/1.1 connection waiting for its response body to be read to the end before it is reused.
+struct Checkin {
+    owner: Arc<()>,
+    https: bool,
+    authority: Authority,
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+/// A response body that puts its connection back in the pool once it has been read to the end (a body
+/// dropped before its end, or broken off, takes its connection with it: hyper closes it).
+struct Returning {
+    body: Incoming,
+    back: Option<Checkin>,
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let finished = match &frame {
+            None => true,
+            Some(Ok(_)) => self.body.is_end_stream(),
+            Some(Err(_)) => {
+                self.back = None;
+                false
+            }
+        };
+        if finished && let Some(c) = self.back.take() {
+            Pool::checkin(&c.owner, c.https, &c.authority, Sender::H1(c.sender));
         }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -5,7 +5,9 @@
 //! every key and value — under a lock: a proxied call's seven measurements spent ~12 % of the proxy's
 //! instructions there (BENCHMARKS.md). Our sets are few and repeat (every value is a bounded label), so each
 //! set is bound to its aggregation once (the SDK's `experimental_metrics_bound_instruments`) and found again
-//! through a map hashed with FxHash, a few times cheaper for these short strings.
+//! through a map keyed by an FxHash of the set's values (the keys of an instrument's sets are the same few
+//! names every time), compared string by string — by address first: labels are shared buffers, so the same
+//! label is usually the very same bytes.
 //!
 //! FxHash does not resist chosen collisions. That is safe here because no caller-chosen text reaches an
 //! attribute unbounded (`crate::labels` folds unknown models into `_other`), and the map holds at most
@@ -16,11 +18,12 @@
 //! - Unbounded memory: at most [`BOUND_SETS`] sets per instrument.
 
 use std::collections::HashMap;
+use std::hash::Hasher as _;
 use std::sync::{PoisonError, RwLock};
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundCounter, BoundHistogram, Counter, Histogram};
-use rustc_hash::FxBuildHasher;
+use opentelemetry::{KeyValue, Value};
+use rustc_hash::{FxBuildHasher, FxHasher};
 
 use crate::names::METRIC_CARDINALITY_LIMIT;
 
@@ -70,12 +73,62 @@ impl<T: Copy + 'static> Bindable for Histogram<T> {
 /// An instrument with its attribute sets bound as they are first seen.
 pub(crate) struct Bound<I: Bindable> {
     instrument: I,
-    sets: RwLock<HashMap<Box<[KeyValue]>, I::Bound, FxBuildHasher>>,
+    sets: RwLock<Sets<I::Bound>>,
+}
+
+/// One attribute set and its binding.
+type Entry<B> = (Box<[KeyValue]>, B);
+
+/// Bound sets by the hash of their values ([`values_hash`]); sets whose hashes collide share a bucket.
+struct Sets<B> {
+    by_hash: HashMap<u64, Vec<Entry<B>>, FxBuildHasher>,
+    len: usize,
+}
+
+impl<B> Sets<B> {
+    fn find(&self, hash: u64, attributes: &[KeyValue]) -> Option<&B> {
+        self.by_hash
+            .get(&hash)?
+            .iter()
+            .find(|(set, _)| same_set(set, attributes))
+            .map(|(_, bound)| bound)
+    }
+}
+
+/// A hash of the set's values in order, consistent with `KeyValue`'s equality (equal sets hash alike; a
+/// float's bits are left out, as `0.0 == -0.0`). Keys are left out: an instrument's sets use the same names.
+fn values_hash(attributes: &[KeyValue]) -> u64 {
+    let mut h = FxHasher::default();
+    for kv in attributes {
+        match &kv.value {
+            Value::String(s) => h.write(s.as_str().as_bytes()),
+            Value::I64(i) => h.write_i64(*i),
+            Value::Bool(b) => h.write_u8(u8::from(*b)),
+            _ => h.write_u8(0xfe),
+        }
+        h.write_u8(0xff);
+    }
+    h.finish()
+}
+
+/// `KeyValue` equality, with a shortcut for strings that are the same bytes in memory.
+fn same_set(a: &[KeyValue], b: &[KeyValue]) -> bool {
+    fn same_str(a: &str, b: &str) -> bool {
+        a.len() == b.len() && (a.as_ptr() == b.as_ptr() || a == b)
+    }
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            same_str(x.key.as_str(), y.key.as_str())
+                && match (&x.value, &y.value) {
+                    (Value::String(p), Value::String(q)) => same_str(p.as_str(), q.as_str()),
+                    (p, q) => p == q,
+                }
+        })
 }
 
 impl<I: Bindable> std::fmt::Debug for Bound<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sets = self.sets.read().map_or(0, |s| s.len());
+        let sets = self.sets.read().map_or(0, |s| s.len);
         f.debug_struct("Bound").field("sets", &sets).finish()
     }
 }
@@ -84,28 +137,35 @@ impl<I: Bindable> Bound<I> {
     pub(crate) fn new(instrument: I) -> Bound<I> {
         Bound {
             instrument,
-            sets: RwLock::new(HashMap::default()),
+            sets: RwLock::new(Sets {
+                by_hash: HashMap::default(),
+                len: 0,
+            }),
         }
     }
 
-    /// Records `value` with `attributes` (the same set in the same order finds the same binding).
     pub(crate) fn record(&self, value: I::Value, attributes: &[KeyValue]) {
+        let hash = values_hash(attributes);
         if let Some(bound) = self
             .sets
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(attributes)
+            .find(hash, attributes)
         {
             I::record_bound(bound, value);
             return;
         }
         let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(bound) = sets.get(attributes) {
+        if let Some(bound) = sets.find(hash, attributes) {
             I::record_bound(bound, value);
-        } else if sets.len() < BOUND_SETS {
+        } else if sets.len < BOUND_SETS {
             let bound = self.instrument.bind(attributes);
             I::record_bound(&bound, value);
-            sets.insert(attributes.into(), bound);
+            sets.by_hash
+                .entry(hash)
+                .or_default()
+                .push((attributes.into(), bound));
+            sets.len += 1;
         } else {
             drop(sets);
             self.instrument.record(value, attributes);
@@ -114,7 +174,7 @@ impl<I: Bindable> Bound<I> {
 
     #[cfg(test)]
     fn sets(&self) -> usize {
-        self.sets.read().map_or(0, |s| s.len())
+        self.sets.read().map_or(0, |s| s.len)
     }
 }
 
@@ -210,6 +270,26 @@ mod tests {
 
     /// Past [`BOUND_SETS`] sets, measurements still count (through the SDK's own path), and the map stops
     /// growing.
+    #[test]
+    fn sets_differing_only_in_keys_stay_apart_and_equal_sets_in_other_buffers_meet() {
+        let reader = std::sync::Arc::new(ManualReader::builder().build());
+        let provider = SdkMeterProvider::builder()
+            .with_reader(crate::metric_push::SharedReader(reader.clone()))
+            .build();
+        let counter = Bound::new(provider.meter("t").u64_counter("c").build());
+        // Same values, so the same hash: told apart by their keys.
+        counter.record(1, &[KeyValue::new("x", "v")]);
+        counter.record(2, &[KeyValue::new("y", "v")]);
+        // The same set built from separate (non-static) buffers each time: one binding.
+        for _ in 0..3 {
+            counter.record(4, &[KeyValue::new(String::from("x"), String::from("v"))]);
+        }
+        assert_eq!(counter.sets(), 2);
+        let mut got = points(&reader);
+        got.sort();
+        assert_eq!(got, [("c{x=v}".to_owned(), 13), ("c{y=v}".to_owned(), 2)]);
+    }
+
     #[test]
     fn the_map_of_bound_sets_is_bounded() {
         let reader = std::sync::Arc::new(ManualReader::builder().build());

@@ -134,6 +134,62 @@ impl<'a> EvidenceRecord<'a> {
             .ok_or_else(|| RecordError::Timestamp(self.timestamp.to_string()))
     }
 
+    /// Appends the record as one JSON object (no newline) to `out`: byte for byte what serde's derived
+    /// `Serialize` writes (a test holds the two together), but without its per-character escaping state
+    /// machine — a string that needs no escape (all of them, in practice: labels, enums, hex ids) is copied as
+    /// it stands. This runs once per attempt on the request path.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Each field's `,"name":` is one literal, copied in one go.
+        macro_rules! name {
+            ($name:literal) => {
+                concat!(",\"", $name, "\":").as_bytes()
+            };
+        }
+        str_value(out, b"{\"timestamp\":", &self.timestamp);
+        str_value(out, name!("environment"), &self.environment);
+        str_value(out, name!("provider_route"), &self.provider_route);
+        str_value(out, name!("model"), &self.model);
+        str_value(out, name!("http_method"), &self.http_method);
+        str_value(out, name!("http_route"), &self.http_route);
+        if let Some(code) = self.http_status_code {
+            uint_value(out, name!("http_status_code"), code.into());
+        }
+        if let Some(e) = &self.error_type {
+            str_value(out, name!("error_type"), e);
+        }
+        uint_value(out, name!("retry_attempt"), self.retry_attempt.into());
+        uint_value(
+            out,
+            name!("retry_budget_remaining"),
+            self.retry_budget_remaining.into(),
+        );
+        out.extend_from_slice(name!("shared_budget_balance"));
+        // Numbers as serde_json writes them (shortest round-trip form; `null` when not finite).
+        let _ = serde_json::to_writer(&mut *out, &self.shared_budget_balance);
+        uint_value(out, name!("backoff_applied_ms"), self.backoff_applied_ms);
+        if let Some(d) = &self.delay_source {
+            str_value(out, name!("delay_source"), d);
+        }
+        str_value(out, name!("elapsed_bucket"), &self.elapsed_bucket);
+        str_value(out, name!("decision"), &self.decision);
+        if let Some(r) = &self.client_result {
+            str_value(out, name!("client_result"), r);
+        }
+        if let Some(o) = &self.terminal_outcome {
+            str_value(out, name!("terminal_outcome"), o);
+        }
+        if let Some(r) = &self.caller_retry {
+            str_value(out, name!("caller_retry"), r);
+        }
+        if let Some(a) = self.caller_attempt {
+            uint_value(out, name!("caller_attempt"), a.into());
+        }
+        str_value(out, name!("operator_note"), &self.operator_note);
+        str_value(out, name!("trace_id"), &self.trace_id);
+        str_value(out, name!("span_id"), &self.span_id);
+        out.push(b'}');
+    }
+
     /// A copy that owns its strings.
     pub fn into_owned(self) -> EvidenceRecord<'static> {
         fn own(c: Cow<'_, str>) -> Cow<'static, str> {
@@ -166,6 +222,41 @@ impl<'a> EvidenceRecord<'a> {
     }
 }
 
+/// `prefix` (e.g. `,"model":`), then `value` as a JSON string.
+fn str_value(out: &mut Vec<u8>, prefix: &[u8], value: &str) {
+    // What JSON requires escaping (and all serde_json escapes): `"`, `\\` and control characters. Checked
+    // without stopping early, which the compiler can do many bytes at a time.
+    let escape = value
+        .bytes()
+        .fold(false, |e, b| e | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    out.extend_from_slice(prefix);
+    if escape {
+        let _ = serde_json::to_writer(&mut *out, value);
+    } else {
+        out.reserve(value.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// `prefix`, then `value` in decimal.
+fn uint_value(out: &mut Vec<u8>, prefix: &[u8], value: u64) {
+    out.extend_from_slice(prefix);
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -180,6 +271,45 @@ mod tests {
         assert_eq!(serde_json::to_string(&r).unwrap(), LINE);
         assert_eq!(r.clone().into_owned(), r);
         assert!(matches!(r.decision, Cow::Borrowed(_)), "parsing borrows");
+    }
+
+    #[test]
+    fn the_line_writer_writes_what_serde_writes() {
+        let full = EvidenceRecord::parse(LINE).unwrap();
+        let mut sparse = full.clone();
+        sparse.http_status_code = None;
+        sparse.error_type = None;
+        sparse.delay_source = None;
+        sparse.client_result = None;
+        sparse.terminal_outcome = None;
+        let mut odd = full.clone();
+        odd.model = "quote\" back\\slash \u{1} tab\t nl\n é 😀 \u{7f}".into();
+        odd.operator_note = "".into();
+        odd.caller_retry = Some("fingerprint".into());
+        odd.caller_attempt = Some(u32::MAX);
+        odd.retry_attempt = 0;
+        odd.backoff_applied_ms = u64::MAX;
+        odd.http_status_code = Some(u16::MAX);
+        for balance in [
+            0.0,
+            -0.0,
+            1e-7,
+            123456.789,
+            f64::MAX,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            for r in [&full, &sparse, &odd] {
+                let mut r = r.clone();
+                r.shared_budget_balance = balance;
+                let mut line = Vec::new();
+                r.write_json(&mut line);
+                assert_eq!(
+                    String::from_utf8(line).unwrap(),
+                    serde_json::to_string(&r).unwrap()
+                );
+            }
+        }
     }
 
     #[test]

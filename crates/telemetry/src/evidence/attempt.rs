@@ -10,7 +10,6 @@ use opentelemetry::{Context, KeyValue};
 use retrybudget_policy::{DecisionKind, DelaySource, ErrorType, Outcome};
 
 use super::{CallLabels, operator_note};
-use crate::export::EVIDENCE;
 use crate::names::*;
 use crate::nested::CallerRetry;
 use crate::pipeline::Telemetry;
@@ -206,10 +205,8 @@ impl AttemptEvent<'_> {
             };
             // A line is ~450 bytes: one allocation instead of a buffer grown (and copied) three times.
             let mut line = Vec::with_capacity(512);
-            match serde_json::to_writer(&mut line, &record) {
-                Ok(()) => writer.write(&line),
-                Err(_) => inner.dropped.add(EVIDENCE, 1),
-            }
+            record.write_json(&mut line);
+            writer.write(&line);
         }
         span.end();
     }
