@@ -18,6 +18,18 @@ use crate::{
     RawRequest, ResponseBody, Transport,
 };
 
+/// The response headers the policy reads its hints from, as parsed names.
+static HINT_HEADERS: [http::HeaderName; 5] = {
+    use retrybudget_policy::classify::header as h;
+    [
+        http::HeaderName::from_static(h::RETRY_AFTER),
+        http::HeaderName::from_static(h::RETRY_AFTER_MS),
+        http::HeaderName::from_static(h::RATELIMIT_RESET_REQUESTS),
+        http::HeaderName::from_static(h::RATELIMIT_RESET_TOKENS),
+        http::HeaderName::from_static(h::SHOULD_RETRY),
+    ]
+};
+
 impl Client {
     /// Makes a logical call: attempts, decisions, backoff and evidence. Returns the final upstream response if
     /// one arrived (whatever its status), else the [`CallError`]. Ended as `cancelled` by
@@ -112,7 +124,12 @@ impl Client {
                 } => {
                     let code = peek_error_body(if status.is_success() { &[] } else { &body });
                     let head = ResponseHead::from_headers(status.as_u16(), |name| {
-                        headers.get(name).and_then(|v| v.to_str().ok())
+                        // By the parsed name when it is one of the hints (a `&str` is parsed per lookup).
+                        match HINT_HEADERS.iter().find(|h| h.as_str() == name) {
+                            Some(h) => headers.get(h),
+                            None => headers.get(name),
+                        }
+                        .and_then(|v| v.to_str().ok())
                     })
                     .with_error_code(code.classify_code());
                     let mut result = AttemptResult::Response(head);

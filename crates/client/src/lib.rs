@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderValue, header};
+use http::{HeaderName, HeaderValue, header};
 use opentelemetry::StringValue;
 use retrybudget_policy::{
     AttemptResult, FailureKind, Outcome, Policy, PolicyConfig, peek_error_body,
@@ -44,7 +44,7 @@ use transport::Pool;
 
 pub use retrybudget_policy::routes::CHAT_COMPLETIONS;
 /// Header carrying our attempt index to the upstream (another agent reads it as a nested retry).
-pub const ATTEMPT_HEADER: &str = "x-retrybudget-attempt";
+pub const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-retrybudget-attempt");
 
 /// How to reach the upstream and how to retry.
 #[derive(Debug, Clone)]

@@ -47,13 +47,17 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method};
 use retrybudget_telemetry::{CallerRetry, CallerRetrySource};
 
 /// The header an HTTP client sends to make a request safe to retry (Stripe, OpenAI and IETF draft usage).
-pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Headers that carry a caller's credential, in the order they are read (OpenAI, Azure OpenAI, others).
-const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
+const CREDENTIAL_HEADERS: [HeaderName; 3] = [
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-api-key"),
+];
 
 /// What the proxy does about caller retries (`--caller-retries`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -314,8 +318,9 @@ impl CallerTable {
         body: &[u8],
     ) -> RequestKeys {
         let keyer = &self.inner.keyer;
-        let credential: [&[u8]; 3] =
-            CREDENTIAL_HEADERS.map(|name| headers.get(name).map_or(&b""[..], |v| v.as_bytes()));
+        let credential: [&[u8]; 3] = CREDENTIAL_HEADERS
+            .each_ref()
+            .map(|name| headers.get(name).map_or(&b""[..], |v| v.as_bytes()));
         RequestKeys {
             fingerprint: keyer.key(("fp", method.as_str(), route, &credential, body)),
             idempotency: headers

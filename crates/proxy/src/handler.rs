@@ -107,7 +107,7 @@ fn raw_request(
     raw.deadline = None;
     let idempotency_key = parts
         .headers
-        .get(repeatable::IDEMPOTENCY_KEY)
+        .get(crate::caller::IDEMPOTENCY_KEY)
         .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
     raw.repeatable =
         repeatable::is_repeatable(parts.method.as_str(), parts.uri.path(), idempotency_key);

@@ -9,7 +9,8 @@ use http::{HeaderMap, HeaderName, header};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 
 /// The caller SDK's own retry count (openai-python, openai-node and other Stainless SDKs send it).
-pub(crate) const STAINLESS_RETRY_COUNT: &str = "x-stainless-retry-count";
+pub(crate) const STAINLESS_RETRY_COUNT: HeaderName =
+    HeaderName::from_static("x-stainless-retry-count");
 /// W3C trace context header, continued by the SERVER span (and re-injected per attempt by the client).
 pub(crate) use retrybudget_telemetry::TRACEPARENT;
 
@@ -82,7 +83,7 @@ pub(crate) fn forward_headers(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let drop = is_hop_by_hop(name)
-            || name.as_str() == TRACEPARENT
+            || name == TRACEPARENT
             || name == header::ACCEPT_ENCODING
             || listed.iter().any(|l| l == name.as_str());
         if !drop {
@@ -94,7 +95,7 @@ pub(crate) fn forward_headers(headers: &HeaderMap) -> HeaderMap {
 
 /// The caller's own retry count: `x-stainless-retry-count`, else another agent's `x-retrybudget-attempt`.
 pub(crate) fn client_retry_count(headers: &HeaderMap) -> Option<u32> {
-    let parse = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u32>().ok();
+    let parse = |name: HeaderName| headers.get(name)?.to_str().ok()?.trim().parse::<u32>().ok();
     parse(STAINLESS_RETRY_COUNT).or_else(|| parse(retrybudget_client::ATTEMPT_HEADER))
 }
 

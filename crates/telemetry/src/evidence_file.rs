@@ -20,6 +20,8 @@ use crate::export::{Dropped, EVIDENCE};
 
 /// Bytes of evidence waiting to be written; beyond this, lines are dropped and counted rather than growing memory.
 pub const EVIDENCE_PENDING_LIMIT: usize = 8 << 20;
+/// The largest emptied buffer kept for reuse as the next pending one (see `Shared::drain`).
+const SPARE_LIMIT: usize = 2 << 20;
 /// How often the writer thread moves pending lines to the file.
 pub const EVIDENCE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -63,6 +65,8 @@ struct Sink {
     /// Bytes in the current file (its length when opened, plus what we appended).
     size: u64,
     rotation: EvidenceRotation,
+    /// An emptied buffer of the last batch, to become the next pending one.
+    spare: Vec<u8>,
 }
 
 fn open_append(path: &Path) -> std::io::Result<(File, u64)> {
@@ -188,12 +192,22 @@ impl Shared {
         if self.reopen.swap(false, Ordering::AcqRel) {
             sink.reopen();
         }
-        let batch =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        // The written batch's buffer (emptied) becomes the next pending one, so emitting lines does not grow a
+        // new buffer from nothing after every drain; one that grew past `SPARE_LIMIT` is let go.
+        let mut batch = std::mem::take(&mut sink.spare);
+        std::mem::swap(
+            &mut batch,
+            &mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner),
+        );
         if batch.is_empty() {
+            sink.spare = batch;
             return sink.file.is_some();
         }
         let lost = sink.write_lines(&batch);
+        if batch.capacity() <= SPARE_LIMIT {
+            batch.clear();
+            sink.spare = batch;
+        }
         if lost > 0 {
             self.dropped.add(EVIDENCE, lost);
         }
@@ -220,6 +234,7 @@ impl EvidenceWriter {
                 file: Some(file),
                 size,
                 rotation,
+                spare: Vec::new(),
             }),
             closed: AtomicBool::new(false),
             reopen: AtomicBool::new(false),
@@ -243,7 +258,14 @@ impl EvidenceWriter {
         })
     }
 
+    #[cfg(test)]
     pub(crate) fn write(&self, line: &[u8]) {
+        self.write_with(|pending| pending.extend_from_slice(line));
+    }
+
+    /// Appends one line, which `line` writes (without its newline) straight into the pending buffer: no
+    /// buffer of its own, no second copy.
+    pub(crate) fn write_with(&self, line: impl FnOnce(&mut Vec<u8>)) {
         // After close nothing drains the buffer again: a late line is lost, so count it.
         if self.shared.closed.load(Ordering::Acquire) {
             self.shared.dropped.add(EVIDENCE, 1);
@@ -254,13 +276,14 @@ impl EvidenceWriter {
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if pending.len() + line.len() >= EVIDENCE_PENDING_LIMIT {
+        let start = pending.len();
+        line(&mut pending);
+        pending.push(b'\n');
+        if pending.len() >= EVIDENCE_PENDING_LIMIT {
+            pending.truncate(start);
             drop(pending);
             self.shared.dropped.add(EVIDENCE, 1);
-            return;
         }
-        pending.extend_from_slice(line);
-        pending.push(b'\n');
     }
 
     /// Writes every line emitted so far to the file.
@@ -435,5 +458,31 @@ mod tests {
         let read = |n: &str| std::fs::read_to_string(dir.path().join(n)).unwrap();
         assert_eq!(read("e.jsonl.old"), "1\n2\n");
         assert_eq!(read("e.jsonl"), "3\n");
+    }
+
+    #[test]
+    fn a_line_past_the_pending_limit_is_dropped_whole_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        let dropped = Arc::new(Dropped::default());
+        let w =
+            EvidenceWriter::open(&path, EvidenceRotation::default(), Arc::clone(&dropped)).unwrap();
+        let big = vec![b'a'; EVIDENCE_PENDING_LIMIT / 2 + 1];
+        {
+            // A disk that does not keep up: the writer thread cannot drain while the sink is held.
+            let _stalled = w.shared.sink.lock().unwrap();
+            w.write(&big);
+            w.write_with(|line| line.extend_from_slice(&big));
+            w.write(b"small");
+            assert_eq!(dropped.get(EVIDENCE), 1);
+            let pending = w.shared.pending.lock().unwrap().len();
+            assert_eq!(pending, big.len() + 1 + "small\n".len());
+        }
+        w.close();
+        let written = std::fs::read(&path).unwrap();
+        let lines: Vec<&[u8]> = written.split(|b| *b == b'\n').collect();
+        assert_eq!(lines.len(), 3, "the big line, the small one, and the end");
+        assert_eq!(lines[0], &big[..]);
+        assert_eq!(lines[1], b"small");
     }
 }

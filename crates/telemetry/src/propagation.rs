@@ -5,8 +5,8 @@ use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
 /// The W3C trace context header (lowercase, as HTTP/2 and hyper spell it): read from callers, written on
-/// every attempt.
-pub const TRACEPARENT: &str = "traceparent";
+/// every attempt. A parsed name: a `HeaderMap` looked up by a `&str` parses the name again on every call.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// The `traceparent` header value for the span in `cx`, if it has a valid one.
 pub fn traceparent(cx: &Context) -> Option<String> {

@@ -67,13 +67,15 @@ impl CallEvent<'_> {
         let outcome = self.outcome.as_str();
         let failed = self.outcome.is_failure();
         let error_type = self.error_type.map(ErrorType::as_str);
-        let mut attrs = vec![
+        // Room for every attribute the call can add below: no regrowth.
+        let mut attrs = Vec::with_capacity(16);
+        attrs.extend([
             KeyValue::new(RB_ATTEMPTS, i64::from(self.attempts)),
             KeyValue::new(RB_MAX_ATTEMPTS, i64::from(self.max_attempts)),
             KeyValue::new(RB_OUTCOME, outcome),
             KeyValue::new(RB_BUDGET_REMAINING, self.budget_balance),
             KeyValue::new(RB_BACKOFF_TOTAL_MS, self.backoff_total.as_millis() as i64),
-        ];
+        ]);
         if let Some(r) = self.decision.stop_reason() {
             attrs.push(KeyValue::new(RB_STOP_REASON, r));
         }
@@ -113,8 +115,8 @@ impl CallEvent<'_> {
             ] {
                 if let Some(n) = tokens {
                     attrs.push(KeyValue::new(attr, n as i64));
-                    let mut a = base.to_vec();
-                    a.push(KeyValue::new(GEN_AI_TOKEN_TYPE, kind));
+                    let [op, provider, model] = base.clone();
+                    let a = [op, provider, model, KeyValue::new(GEN_AI_TOKEN_TYPE, kind)];
                     i.token_usage.record(n, &a);
                 }
             }
@@ -137,15 +139,15 @@ impl CallEvent<'_> {
             u64::from(self.attempts),
             &[route.clone(), KeyValue::new(RB_OUTCOME, outcome)],
         );
-        let mut op_attrs = base.to_vec();
+        let seconds = self.duration.as_secs_f64();
         if failed {
-            op_attrs.push(KeyValue::new(
-                ERROR_TYPE,
-                error_type.unwrap_or(Cow::Borrowed(outcome)),
-            ));
+            let [op, provider, model] = base;
+            let error = KeyValue::new(ERROR_TYPE, error_type.unwrap_or(Cow::Borrowed(outcome)));
+            i.operation_duration
+                .record(seconds, &[op, provider, model, error]);
+        } else {
+            i.operation_duration.record(seconds, &base);
         }
-        i.operation_duration
-            .record(self.duration.as_secs_f64(), &op_attrs);
         // One count per caller re-send, by how it was recognised (the route's 0 series exists from the start:
         // `Telemetry::announce_route`).
         if let Some(r) = self.caller_retry {
