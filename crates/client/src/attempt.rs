@@ -184,10 +184,7 @@ impl Client {
     ) -> Output {
         let inner = &self.inner;
         let mut headers = request.headers.clone();
-        match &inner.host {
-            Some(host) => headers.insert(header::HOST, host.clone()),
-            None => headers.remove(header::HOST),
-        };
+        headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
         // The formatted string becomes the header value's buffer (no second copy).
         if let Some(tp) = retrybudget_telemetry::traceparent(cx)

@@ -108,9 +108,6 @@ struct Inner {
     /// `Authorization: Bearer <api key>`, built once and marked sensitive (never shown by `Debug`); `None`
     /// without a key, or with one that cannot be a header value.
     authorization: Option<HeaderValue>,
-    /// The `Host` header of every attempt (the base's host, and its port unless the scheme's default), built
-    /// once: left to the connection pool, it was formatted again for every request.
-    host: Option<HeaderValue>,
     max_response_body: usize,
     /// The route's bounded model labels (metric labels and budget scopes).
     models: ModelLabels,
@@ -141,10 +138,6 @@ impl Client {
             .ok_or_else(|| bad("it has no host"))?
             .to_owned();
         let server_port = url.port_or_known_default().unwrap_or(80);
-        let host = match url.port() {
-            Some(port) => HeaderValue::try_from(format!("{server_address}:{port}")).ok(),
-            None => HeaderValue::try_from(server_address.as_str()).ok(),
-        };
         let mut base = config.base_url.trim_end_matches('/').to_owned();
         if base.ends_with("/v1") {
             base.truncate(base.len() - 3);
@@ -181,7 +174,6 @@ impl Client {
                 provider: CallLabels::shared(config.provider_name),
                 route,
                 authorization: config.api_key.as_ref().and_then(bearer),
-                host,
                 max_response_body: config.max_response_body,
                 models: ModelLabels::new(config.max_models_per_route),
                 cancel: tokio::sync::watch::Sender::new(false),

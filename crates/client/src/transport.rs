@@ -17,11 +17,17 @@
 //! upstream's answer, relayed as it came), and certificates are checked against the platform's roots.
 //!
 //! What it keeps from hyper-util's: an HTTP/1.1 connection is reused only once its answer was read to the
-//! end (a body dropped early closes it); a kept-alive connection the upstream closed while idle is skipped,
-//! and a request that could not be written on one (hyper hands it back) goes out on a new connection — not
-//! an attempt, as nothing was sent; an idle connection is not reused after 60 s; HTTP/2 (when the upstream
-//! offers it over TLS) is one shared connection per origin and thread. At most [`MAX_IDLE`] idle connections
-//! are kept per origin and thread.
+//! end (a body dropped early closes it) — it then joins the pool of the thread that read it, which in the
+//! proxy is the thread that sent it; a kept-alive connection the upstream closed while idle is skipped, one
+//! not ready for its next request within [`READY_GRACE`] is given up, and a request hyper could not write on
+//! a kept-alive connection (it hands it back) goes out on a new one — none of these is an attempt, as nothing
+//! was sent; HTTP/2 (when the upstream offers it over TLS) is one shared connection per origin and thread.
+//! `Host` is built once per origin and thread and sent on HTTP/1.1 only (HTTP/2 has `:authority`).
+//!
+//! What differs: there is no idle timer. An idle connection is never reused after [`IDLE_TIMEOUT`], and the
+//! expired ones are closed whenever the thread next sends to or returns a connection to that origin; on a
+//! thread that sends nothing more they stay open until the upstream closes them (at most [`MAX_IDLE`] per
+//! origin and thread, so sockets stay bounded).
 //!
 //! # Why one pool per thread
 //! hyper's client drives each upstream connection as a task of its own and hands it requests over a channel.
@@ -71,6 +77,8 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections a thread keeps per origin; one more returned is closed (a burst must not pin sockets).
 const MAX_IDLE: usize = 64;
+/// How long a pooled HTTP/1.1 connection may take to be ready for the next request before another is used.
+const READY_GRACE: Duration = Duration::from_secs(1);
 
 /// The client's own connection pools, one per thread that sends (see the module docs): keep-alive HTTP/1.1
 /// (HTTP/2 when the upstream offers it over TLS).
@@ -104,11 +112,39 @@ impl Idle {
     }
 }
 
-/// One thread's idle connections to one origin (scheme and authority).
+/// One thread's idle connections to one origin (scheme and authority), oldest first.
 struct Origin {
     https: bool,
     authority: Authority,
+    /// `Host` for HTTP/1.1 requests to the origin: its host, and its port unless the scheme's default.
+    host: Option<HeaderValue>,
     idle: Vec<Idle>,
+}
+
+impl Origin {
+    fn new(https: bool, authority: &Authority) -> Origin {
+        let default_port = if https { 443 } else { 80 };
+        let host = match authority.port() {
+            Some(port) if port.as_u16() != default_port => {
+                HeaderValue::try_from([authority.host(), ":", port.as_str()].concat()).ok()
+            }
+            _ => HeaderValue::from_str(authority.host()).ok(),
+        };
+        Origin {
+            https,
+            authority: authority.clone(),
+            host,
+            idle: Vec::new(),
+        }
+    }
+
+    /// Closes the connections that idled too long or that the upstream closed (the oldest come first, so
+    /// this is a look at one entry while there are none).
+    fn sweep(&mut self, now: Instant) {
+        if self.idle.first().is_some_and(|i| !i.usable(now)) {
+            self.idle.retain(|i| i.usable(now));
+        }
+    }
 }
 
 thread_local! {
@@ -136,78 +172,88 @@ impl Pool {
         })
     }
 
-    /// Runs `f` on this thread's idle connections to the origin (made on first use, when the pools of dropped
-    /// clients are let go).
+    /// Runs `f` on this thread's entry for the origin (made on first use, when the pools of dropped clients
+    /// are let go); `None` while the thread is being torn down.
     fn origin<R>(
         owner: &Arc<()>,
         https: bool,
         authority: &Authority,
-        f: impl FnOnce(&mut Vec<Idle>) -> R,
-    ) -> R {
-        POOLS.with(|pools| {
-            let mut pools = pools.borrow_mut();
-            // A `Weak` keeps its allocation, so no other pool can have this address while the entry exists.
-            let me = Arc::as_ptr(owner);
-            let at = match pools.iter().position(|(o, _)| o.as_ptr() == me) {
-                Some(at) => at,
-                None => {
-                    pools.retain(|(o, _)| o.strong_count() > 0);
-                    pools.push((Arc::downgrade(owner), Vec::new()));
-                    pools.len() - 1
-                }
-            };
-            let origins = &mut pools[at].1;
-            let at = match origins
-                .iter()
-                .position(|o| o.https == https && o.authority == *authority)
-            {
-                Some(at) => at,
-                None => {
-                    origins.push(Origin {
-                        https,
-                        authority: authority.clone(),
-                        idle: Vec::new(),
-                    });
-                    origins.len() - 1
-                }
-            };
-            f(&mut origins[at].idle)
-        })
+        f: impl FnOnce(&mut Origin) -> R,
+    ) -> Option<R> {
+        POOLS
+            .try_with(|pools| {
+                let mut pools = pools.borrow_mut();
+                // A `Weak` keeps its allocation, so no other pool can have this address while the entry exists.
+                let me = Arc::as_ptr(owner);
+                let at = match pools.iter().position(|(o, _)| o.as_ptr() == me) {
+                    Some(at) => at,
+                    None => {
+                        pools.retain(|(o, _)| o.strong_count() > 0);
+                        pools.push((Arc::downgrade(owner), Vec::new()));
+                        pools.len() - 1
+                    }
+                };
+                let origins = &mut pools[at].1;
+                let at = match origins
+                    .iter()
+                    .position(|o| o.https == https && o.authority == *authority)
+                {
+                    Some(at) => at,
+                    None => {
+                        origins.push(Origin::new(https, authority));
+                        origins.len() - 1
+                    }
+                };
+                f(&mut origins[at])
+            })
+            .ok()
     }
 
-    /// The most recently used live connection to the origin, if this thread has one.
-    fn checkout(&self, https: bool, authority: &Authority) -> Option<Sender> {
+    /// The most recently used live connection to the origin, if this thread has one, and the origin's
+    /// `Host`.
+    fn checkout(
+        &self,
+        https: bool,
+        authority: &Authority,
+    ) -> (Option<Sender>, Option<HeaderValue>) {
         let now = Instant::now();
-        Pool::origin(&self.alive, https, authority, |idle| {
-            while let Some(entry) = idle.pop() {
+        Pool::origin(&self.alive, https, authority, |origin| {
+            origin.sweep(now);
+            let host = origin.host.clone();
+            while let Some(entry) = origin.idle.pop() {
                 if !entry.usable(now) {
                     continue;
                 }
-                return Some(match entry.sender {
+                let sender = match entry.sender {
                     Sender::H2(s) => {
                         let shared = s.clone();
-                        idle.push(Idle {
+                        origin.idle.push(Idle {
                             sender: Sender::H2(s),
                             since: now,
                         });
                         Sender::H2(shared)
                     }
                     h1 => h1,
-                });
+                };
+                return (Some(sender), host);
             }
-            None
+            (None, host)
         })
+        .unwrap_or_default()
     }
 
-    /// A connection free for the origin's next request (dropped instead when the thread keeps enough).
+    /// A connection free for the origin's next request (dropped instead when the thread keeps enough, or
+    /// when it is a second HTTP/2 connection: one is shared by every request).
     fn checkin(owner: &Arc<()>, https: bool, authority: &Authority, sender: Sender) {
         let now = Instant::now();
-        Pool::origin(owner, https, authority, |idle| {
-            if idle.len() >= MAX_IDLE {
-                idle.retain(|i| i.usable(now));
+        Pool::origin(owner, https, authority, |origin| {
+            origin.sweep(now);
+            let shared_h2 = |i: &Idle| matches!(i.sender, Sender::H2(_)) && i.usable(now);
+            if matches!(sender, Sender::H2(_)) && origin.idle.iter().any(shared_h2) {
+                return;
             }
-            if idle.len() < MAX_IDLE {
-                idle.push(Idle { sender, since: now });
+            if origin.idle.len() < MAX_IDLE {
+                origin.idle.push(Idle { sender, since: now });
             }
         });
     }
@@ -248,15 +294,12 @@ impl Transport for Pool {
         &mut self,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<ResponseBody>, FailureKind> {
-        let (mut head, body) = request.into_parts();
+        let (head, body) = request.into_parts();
         let uri = head.uri.clone();
         let https = uri.scheme() == Some(&Scheme::HTTPS);
         let authority = uri.authority().cloned().ok_or(FailureKind::Other)?;
-        if !head.headers.contains_key(header::HOST) {
-            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| FailureKind::Other)?;
-            head.headers.insert(header::HOST, host);
-        }
-        // HTTP/1.1 sends the path and query (origin form); HTTP/2 takes scheme and authority from the URI.
+        // HTTP/1.1 sends the path and query (origin form) and `Host`; HTTP/2 takes scheme and authority from
+        // the URI (`:authority`), and gets no `Host` that could differ from it.
         let origin_form = Uri::from(
             uri.path_and_query()
                 .cloned()
@@ -264,26 +307,31 @@ impl Transport for Pool {
         );
         let mut request = http::Request::from_parts(head, Full::new(body));
         loop {
-            let (sender, reused) = match self.checkout(https, &authority) {
-                Some(sender) => (sender, true),
-                None => (self.connect(&uri).await?, false),
+            let (pooled, host) = self.checkout(https, &authority);
+            let reused = pooled.is_some();
+            let sender = match pooled {
+                Some(sender) => sender,
+                None => self.connect(&uri).await?,
             };
             let sent = match sender {
                 Sender::H1(mut s) => {
                     *request.uri_mut() = origin_form.clone();
-                    if s.ready().await.is_err() {
-                        if reused {
-                            continue;
-                        }
-                        return Err(FailureKind::ConnectionReset);
+                    match &host {
+                        Some(host) => request.headers_mut().insert(header::HOST, host.clone()),
+                        None => request.headers_mut().remove(header::HOST),
+                    };
+                    // A pooled connection is ready once hyper has seen the end of its last answer, which is a
+                    // poll away; one that is not ready soon is given up (nothing was sent on it).
+                    match tokio::time::timeout(READY_GRACE, s.ready()).await {
+                        Ok(Ok(())) => {}
+                        _ if reused => continue,
+                        _ => return Err(FailureKind::ConnectionReset),
                     }
-                    match s.try_send_request(request).await {
-                        Ok(response) => Ok((response, Some(s))),
-                        Err(e) => Err(e),
-                    }
+                    s.try_send_request(request).await.map(|r| (r, Some(s)))
                 }
                 Sender::H2(mut s) => {
                     *request.uri_mut() = uri.clone();
+                    request.headers_mut().remove(header::HOST);
                     if !reused {
                         Pool::checkin(&self.alive, https, &authority, Sender::H2(s.clone()));
                     }

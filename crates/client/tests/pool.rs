@@ -28,6 +28,11 @@ struct Seen {
 /// Serves `POST`s with a fixed completion; each connection is closed after `per_connection` answers (the
 /// close comes with no `connection: close` header, as an upstream's idle timeout would).
 async fn upstream(per_connection: usize) -> (String, Arc<Seen>) {
+    serve(per_connection, true).await
+}
+
+/// [`upstream`]; with `answer` false, each request is read whole and its connection closed unanswered.
+async fn serve(per_connection: usize, answer: bool) -> (String, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Seen::default());
@@ -75,6 +80,9 @@ async fn upstream(per_connection: usize) -> (String, Arc<Seen>) {
                     }
                     buf.drain(..head_end + length);
                     seen.requests.fetch_add(1, Ordering::SeqCst);
+                    if !answer {
+                        return;
+                    }
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{ANSWER}",
                         ANSWER.len()
@@ -132,6 +140,36 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced_without_an_atte
     }
     assert_eq!(seen.requests.load(Ordering::SeqCst), 10);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_the_upstream_took_and_dropped_is_sent_once_per_attempt() {
+    // The upstream reads each request whole, then hangs up without an answer: hyper cannot hand such a
+    // request back, so the pool must not send it again — only the retry loop may, as a counted attempt.
+    let (base, seen) = serve(usize::MAX, false).await;
+    let client = Client::new(ClientConfig::new(base), Telemetry::local()).unwrap();
+    let mut files = RawRequest::chat(r#"{"purpose":"batch"}"#.into());
+    files.path = "/v1/files".into();
+    files.url_template = "/v1/files".into();
+    files.repeatable = false;
+    let failed = client.send(files).await.unwrap_err();
+    assert_eq!(
+        failed.attempts, 1,
+        "a request that must not be repeated gets one attempt"
+    );
+    assert_eq!(
+        seen.requests.load(Ordering::SeqCst),
+        1,
+        "and reaches the upstream once"
+    );
+
+    let failed = client.send(chat()).await.unwrap_err();
+    assert!(failed.attempts > 1, "a chat completion is retried");
+    assert_eq!(
+        seen.requests.load(Ordering::SeqCst),
+        1 + failed.attempts as usize,
+        "each attempt reaches the upstream exactly once"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
