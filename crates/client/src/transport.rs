@@ -322,10 +322,12 @@ impl Transport for Pool {
                     };
                     // A pooled connection is ready once hyper has seen the end of its last answer, which is a
                     // poll away; one that is not ready soon is given up (nothing was sent on it).
-                    match tokio::time::timeout(READY_GRACE, s.ready()).await {
-                        Ok(Ok(())) => {}
-                        _ if reused => continue,
-                        _ => return Err(FailureKind::ConnectionReset),
+                    if !s.is_ready() {
+                        match tokio::time::timeout(READY_GRACE, s.ready()).await {
+                            Ok(Ok(())) => {}
+                            _ if reused => continue,
+                            _ => return Err(FailureKind::ConnectionReset),
+                        }
                     }
                     s.try_send_request(request).await.map(|r| (r, Some(s)))
                 }
