@@ -311,7 +311,9 @@ impl Transport for Pool {
             let reused = pooled.is_some();
             let sender = match pooled {
                 Some(sender) => sender,
-                None => self.connect(&uri).await?,
+                // Boxed: the handshake futures hold the whole connection, and the call's future would
+                // otherwise carry their size for its whole life (a stream's too), connecting or not.
+                None => Box::pin(self.connect(&uri)).await?,
             };
             let sent = match sender {
                 Sender::H1(mut s) => {
