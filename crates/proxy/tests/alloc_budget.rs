@@ -32,8 +32,8 @@ use tokio::net::TcpStream;
 /// aggregation for Prometheus and OTLP, the fixed routes' path verdicts remembered and no `format!` on the
 /// request path, 101–102 with span attribute vectors sized for the attributes added at their end, 93–94 with
 /// the client's own per-thread connection pool (no hyper-util legacy pool), 83–84 with evidence lines written
-/// straight into the pending buffer and the call's attribute vectors sized up front; median 83, max 89 once the
-/// pool waits (with a timer) for a kept-alive connection hyper has not yet marked ready (debug build).
+/// straight into the pending buffer and the call's attribute vectors sized up front (median 83; the worst call
+/// of a run 84 or 89 since the pool's review mends, cause of the occasional 89 not pinned down) (debug build).
 const CALL_BUDGET: u64 = 96;
 /// Most heap allocations relaying one SSE chunk may make (upstream read, the client's stream bookkeeping,
 /// the relay, the server's write), on average over the chunks of a few streams. Measured 9.5 when first set,
