@@ -56,6 +56,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use retrybudget_policy::FailureKind;
+use tokio::time::timeout;
 use tower_service::Service as _;
 
 /// A response body as the retry loop reads it: bytes, or the [`FailureKind`] that broke it off.
@@ -309,44 +310,42 @@ impl Transport for Pool {
         loop {
             let (pooled, host) = self.checkout(https, &authority);
             let reused = pooled.is_some();
-            let sender = match pooled {
+            let mut sender = match pooled {
                 Some(sender) => sender,
                 // Boxed: the handshake futures hold the whole connection, and the call's future would
                 // otherwise carry their size for its whole life (a stream's too), connecting or not.
                 None => Box::pin(self.connect(&uri)).await?,
             };
-            let sent = match sender {
-                Sender::H1(mut s) => {
+            // HTTP/1.1: a pooled connection is ready once hyper has seen the end of its last answer, which is
+            // a poll away; one not ready soon is given up. HTTP/2: ready while the connection is open. Either
+            // way nothing was sent on a connection that is not, so a pooled one is simply replaced.
+            let ready = match &mut sender {
+                Sender::H1(s) => {
                     *request.uri_mut() = origin_form.clone();
                     match &host {
                         Some(host) => request.headers_mut().insert(header::HOST, host.clone()),
                         None => request.headers_mut().remove(header::HOST),
                     };
-                    // A pooled connection is ready once hyper has seen the end of its last answer, which is a
-                    // poll away; one that is not ready soon is given up (nothing was sent on it).
-                    if !s.is_ready() {
-                        match tokio::time::timeout(READY_GRACE, s.ready()).await {
-                            Ok(Ok(())) => {}
-                            _ if reused => continue,
-                            _ => return Err(FailureKind::ConnectionReset),
-                        }
-                    }
-                    s.try_send_request(request).await.map(|r| (r, Some(s)))
+                    s.is_ready() || matches!(timeout(READY_GRACE, s.ready()).await, Ok(Ok(())))
                 }
-                Sender::H2(mut s) => {
+                Sender::H2(s) => {
                     *request.uri_mut() = uri.clone();
                     request.headers_mut().remove(header::HOST);
                     if !reused {
                         Pool::checkin(&self.alive, https, &authority, Sender::H2(s.clone()));
                     }
-                    if s.ready().await.is_err() {
-                        if reused {
-                            continue;
-                        }
-                        return Err(FailureKind::ConnectionReset);
-                    }
-                    s.try_send_request(request).await.map(|r| (r, None))
+                    s.ready().await.is_ok()
                 }
+            };
+            if !ready {
+                if reused {
+                    continue;
+                }
+                return Err(FailureKind::ConnectionReset);
+            }
+            let sent = match sender {
+                Sender::H1(mut s) => s.try_send_request(request).await.map(|r| (r, Some(s))),
+                Sender::H2(mut s) => s.try_send_request(request).await.map(|r| (r, None)),
             };
             return match sent {
                 Ok((response, h1)) => {

@@ -268,15 +268,23 @@ mod tests {
         }
     }
 
-    /// Past [`BOUND_SETS`] sets, measurements still count (through the SDK's own path), and the map stops
-    /// growing.
-    #[test]
-    fn sets_differing_only_in_keys_stay_apart_and_equal_sets_in_other_buffers_meet() {
+    /// A bound counter `c` and the reader that collects it (the provider must outlive the counter's use).
+    fn counter() -> (
+        std::sync::Arc<ManualReader>,
+        SdkMeterProvider,
+        Bound<Counter<u64>>,
+    ) {
         let reader = std::sync::Arc::new(ManualReader::builder().build());
         let provider = SdkMeterProvider::builder()
             .with_reader(crate::metric_push::SharedReader(reader.clone()))
             .build();
         let counter = Bound::new(provider.meter("t").u64_counter("c").build());
+        (reader, provider, counter)
+    }
+
+    #[test]
+    fn sets_differing_only_in_keys_stay_apart_and_equal_sets_in_other_buffers_meet() {
+        let (reader, _provider, counter) = counter();
         // Same values, so the same hash: told apart by their keys.
         counter.record(1, &[KeyValue::new("x", "v")]);
         counter.record(2, &[KeyValue::new("y", "v")]);
@@ -290,13 +298,11 @@ mod tests {
         assert_eq!(got, [("c{x=v}".to_owned(), 13), ("c{y=v}".to_owned(), 2)]);
     }
 
+    /// Past [`BOUND_SETS`] sets, measurements still count (through the SDK's own path), and the map stops
+    /// growing.
     #[test]
     fn the_map_of_bound_sets_is_bounded() {
-        let reader = std::sync::Arc::new(ManualReader::builder().build());
-        let provider = SdkMeterProvider::builder()
-            .with_reader(crate::metric_push::SharedReader(reader.clone()))
-            .build();
-        let counter = Bound::new(provider.meter("t").u64_counter("c").build());
+        let (reader, _provider, counter) = counter();
         for i in 0..BOUND_SETS + 50 {
             counter.record(1, &[KeyValue::new("i", i as i64)]);
         }
