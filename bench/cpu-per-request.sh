@@ -5,7 +5,8 @@
 # request moves far less, and it is what a sidecar costs its host. This runs the nginx hop and each variant
 # given on the command line in front of one origin (nginx, 1 worker, a fixed chat completion), in alternating
 # rounds, and prints per target: req/s, CPU µs per request (nginx: its worker; a proxy: the whole process, every
-# thread), and context switches per request.
+# thread), and context switches per request; and the CPU the OTLP receiver (rotel) and the origin's worker spent
+# per request meanwhile (the rest of the evidence's cost on a shared machine).
 #
 #   bash bench/cpu-per-request.sh "LABEL|[VAR=value ...] BINARY full|full-grpc|off|otlp|jsonl" ...
 #   e.g. bash bench/cpu-per-request.sh "old|/tmp/rb-old full" "new|target/release/retrybudget full" \
@@ -36,6 +37,7 @@ nginx_conf hop "$HOP_PORT" 'proxy_pass http://origin; proxy_http_version 1.1; pr
 start_rotel
 sleep 0.5 # nginx's worker
 HOP_WORKER=$(pgrep -P "${NGINX_MASTER[hop]}" | head -1)
+ORIGIN_WORKER=$(pgrep -P "${NGINX_MASTER[origin]}" | head -1)
 cat >"$TMP/post.lua" <<'EOF'
 local n = 0
 request = function()
@@ -48,17 +50,18 @@ measure() { # label pid addr
     local url="http://$3/v1/chat/completions"
     wrk -t1 -c"$CONNECTIONS" -d1s -s "$TMP/post.lua" "$url" >/dev/null 2>&1
     local t0 c0 t1 c1 out rps sp=""
-    t0=$(cpu_ticks "$2"); c0=$(switches "$2")
+    t0=$(cpu_ticks "$2"); c0=$(switches "$2"); r0=$(cpu_ticks "$ROTEL_PID"); o0=$(cpu_ticks "$ORIGIN_WORKER")
     if [ "${SYSCALLS:-0}" = 1 ]; then
         perf stat -e raw_syscalls:sys_enter -p "$2" -o "$TMP/stat" -- sleep "$WINDOW" >/dev/null 2>&1 &
         sp=$!
     fi
     out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECS}s" -s "$TMP/post.lua" "$url")
-    t1=$(cpu_ticks "$2"); c1=$(switches "$2")
+    t1=$(cpu_ticks "$2"); c1=$(switches "$2"); r1=$(cpu_ticks "$ROTEL_PID"); o1=$(cpu_ticks "$ORIGIN_WORKER")
     rps=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
-    awk -v l="$1" -v rps="$rps" -v t=$((t1 - t0)) -v c=$((c1 - c0)) -v s="$SECS" -v hz="$(getconf CLK_TCK)" 'BEGIN {
-        n = rps * s; printf "%-24s %8.0f req/s  CPU %6.1f µs/req  %5.2f context switches/req  (%.0f %% of one CPU)\n",
-        l, rps, t / hz * 1e6 / n, c / n, 100 * t / hz / s }'
+    awk -v l="$1" -v rps="$rps" -v t=$((t1 - t0)) -v c=$((c1 - c0)) -v r=$((r1 - r0)) -v o=$((o1 - o0)) \
+        -v s="$SECS" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        n = rps * s; printf "%-24s %8.0f req/s  CPU %6.1f µs/req  %5.2f context switches/req  (%.0f %% of one CPU)  receiver %5.1f µs/req  origin %5.1f µs/req\n",
+        l, rps, t / hz * 1e6 / n, c / n, 100 * t / hz / s, r / hz * 1e6 / n, o / hz * 1e6 / n }'
     grep -E 'Non-2xx|Socket errors' <<<"$out" | sed 's/^/    /'
     if [ -n "$sp" ]; then
         wait "$sp"

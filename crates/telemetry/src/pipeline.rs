@@ -17,19 +17,19 @@ use opentelemetry::trace::{TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::logs::{BatchLogProcessor, SdkLogger, SdkLoggerProvider};
+use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter as _;
 use opentelemetry_sdk::metrics::{Instrument, SdkMeterProvider, Stream};
-use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use crate::TelemetryError;
 use crate::bound::Bound;
 use crate::config::{OtlpProtocol, TelemetryConfig};
 use crate::evidence_file::EvidenceWriter;
-use crate::export::{Bounded, Counted, Dropped, LOGS, Queue, SIGNALS, TRACES};
+use crate::export::{Counted, Dropped, LOGS, SIGNALS, TRACES};
 use crate::metric_push::{MetricPush, SharedReader};
 use crate::names::*;
-use crate::otlp::{OtlpExporter, Signal, headers_from_env};
+use crate::otlp::{Batcher, OtlpExporter, Signal, headers_from_env};
 
 /// The instruments of the contract, created once.
 #[derive(Debug)]
@@ -237,39 +237,26 @@ impl Telemetry {
                     timeout,
                 )
             };
-            let spans = otlp_exporter(Signal::Traces, &otlp.traces_endpoint)?;
-            let logs = otlp_exporter(Signal::Logs, &otlp.logs_endpoint)?;
-            let span_queue = Queue::new(TRACES, config.queue_size, Arc::clone(&dropped));
-            let log_queue = Queue::new(LOGS, config.queue_size, Arc::clone(&dropped));
-            let spans = Counted {
-                inner: spans,
-                dropped: Arc::clone(&dropped),
-                queue: Some(Arc::clone(&span_queue)),
+            let batcher = |signal, exporter| {
+                Batcher::start(
+                    signal,
+                    exporter,
+                    config.queue_size,
+                    config.batch_delay,
+                    Arc::clone(&dropped),
+                )
+                .map_err(|e| TelemetryError::Init(format!("OTLP export thread: {e}")))
             };
+            let spans = batcher(
+                TRACES,
+                otlp_exporter(Signal::Traces, &otlp.traces_endpoint)?,
+            )?;
+            let logs = batcher(LOGS, otlp_exporter(Signal::Logs, &otlp.logs_endpoint)?)?;
             let metrics = Counted {
                 inner: metrics,
                 dropped: Arc::clone(&dropped),
-                queue: None,
             };
-            let logs = Counted {
-                inner: logs,
-                dropped: Arc::clone(&dropped),
-                queue: Some(Arc::clone(&log_queue)),
-            };
-            let span_batches = opentelemetry_sdk::trace::BatchConfigBuilder::default()
-                .with_max_queue_size(config.queue_size)
-                .with_scheduled_delay(config.batch_delay)
-                .build();
-            let log_batches = opentelemetry_sdk::logs::BatchConfigBuilder::default()
-                .with_max_queue_size(config.queue_size)
-                .with_scheduled_delay(config.batch_delay)
-                .build();
-            tracers = tracers.with_span_processor(Bounded {
-                inner: BatchSpanProcessor::builder(spans)
-                    .with_batch_config(span_batches)
-                    .build(),
-                queue: span_queue,
-            });
+            tracers = tracers.with_span_processor(spans);
             let push_reader = prom.reader_for(metrics.temporality());
             if !Arc::ptr_eq(&push_reader.0, &prom.0) {
                 meters = meters.with_reader(push_reader.clone());
@@ -278,12 +265,7 @@ impl Telemetry {
             logger_provider = Some(
                 SdkLoggerProvider::builder()
                     .with_resource(resource.clone())
-                    .with_log_processor(Bounded {
-                        inner: BatchLogProcessor::builder(logs)
-                            .with_batch_config(log_batches)
-                            .build(),
-                        queue: log_queue,
-                    })
+                    .with_log_processor(logs)
                     .build(),
             );
         }

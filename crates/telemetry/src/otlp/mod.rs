@@ -1,35 +1,35 @@
 //! OTLP export of spans and log records: the hot path of full evidence.
 //!
 //! Every proxied call ends in three spans and a log record per attempt, so their export runs thousands of
-//! times a second. [`proto`] writes each batch's request bytes straight from the SDK's data (no intermediate
-//! message structs, no copy of the batch); [`OtlpExporter`] sends them from the SDK's batch thread, over
-//! HTTP/protobuf (a blocking HTTP client) or gRPC (a tonic channel carrying the bytes as they are). Metrics
-//! (one export per interval) stay on `opentelemetry-otlp`.
+//! times a second. [`Batcher`] (the tracer's and logger's processor) has [`proto`] write each item's protobuf
+//! straight from the SDK's data when it ends (no intermediate message structs, no copy to another thread);
+//! [`OtlpExporter`] sends a batch's request from the batcher's export thread, over HTTP/protobuf (a blocking
+//! HTTP client) or gRPC (a tonic channel carrying the bytes as they are). Metrics (one export per interval)
+//! stay on `opentelemetry-otlp`.
 //!
-//! Behaviour on failure is the upstream exporters': a failed batch is an error (the
-//! [`crate::export::Counted`] wrapper counts its items as dropped); HTTP 429, 502, 503, 504, connection errors
+//! Behaviour on failure is the upstream exporters': a failed batch is an error (the batcher counts its items
+//! as dropped); HTTP 429, 502, 503, 504, connection errors
 //! and the retryable gRPC codes are retried with doubling delays while the export timeout allows. Headers (gRPC
 //! metadata) come from `OTEL_EXPORTER_OTLP_{TRACES,LOGS}_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`.
 
+mod batch;
 mod grpc;
 mod proto;
 
+pub(crate) use batch::Batcher;
+
 use std::io::Read as _;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::logs::{LogBatch, LogExporter};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::blocking::Client;
 
 use crate::TelemetryError;
 use crate::config::OtlpProtocol;
-use proto::{EncodedResource, Writer};
 
 /// First delay before re-sending a batch the collector could not take; doubled each time.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -51,6 +51,14 @@ impl Signal {
             Signal::Logs => "LOGS",
         }
     }
+
+    /// Its name in `retrybudget.telemetry.dropped{signal}` and in thread names.
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Logs => "logs",
+        }
+    }
 }
 
 /// One send of a request body, as the retry loop sees it.
@@ -65,7 +73,7 @@ enum Sent {
 /// How the bytes travel.
 #[derive(Debug)]
 enum Transport {
-    /// Built on the first export, on the SDK's export thread (a blocking client must not be built or dropped
+    /// Built on the first export, on the batcher's export thread (a blocking client must not be built or dropped
     /// on an async runtime's thread); taken at shutdown.
     Http(Mutex<Option<Client>>),
     Grpc(grpc::Grpc),
@@ -78,11 +86,8 @@ pub(crate) struct OtlpExporter {
     headers: HeaderMap,
     timeout: Duration,
     transport: Transport,
-    resource: EncodedResource,
+    signal: Signal,
     shut_down: AtomicBool,
-    /// Bytes per item of the last request: the next request's buffer is sized from it, instead of growing
-    /// (and being copied) a dozen times per batch.
-    item_bytes: AtomicUsize,
 }
 
 impl OtlpExporter {
@@ -105,24 +110,14 @@ impl OtlpExporter {
             headers,
             timeout,
             transport,
-            resource: EncodedResource::default(),
+            signal,
             shut_down: AtomicBool::new(false),
-            item_bytes: AtomicUsize::new(0),
         })
     }
 
-    /// Encodes a batch of `items` into one request body, in a buffer sized from the previous batch.
-    fn encode(&self, items: usize, write: impl FnOnce(&mut Writer)) -> Vec<u8> {
-        let per_item = self.item_bytes.load(Ordering::Relaxed);
-        let mut w = Writer::with_capacity(items * per_item + self.resource.encoded_len() + 64);
-        write(&mut w);
-        let body = w.into_bytes();
-        if items > 0 {
-            // Rounded up, plus an eighth: the next batch rarely needs to grow its buffer.
-            let next = body.len().div_ceil(items);
-            self.item_bytes.store(next + next / 8, Ordering::Relaxed);
-        }
-        body
+    /// `traces` or `logs`.
+    fn signal_name(&self) -> &'static str {
+        self.signal.name()
     }
 
     /// Sends one request body, again on a retryable failure while the export timeout allows.
@@ -149,7 +144,7 @@ impl OtlpExporter {
             if Instant::now() + delay >= deadline {
                 return Err(OTelSdkError::InternalFailure(failure));
             }
-            // The SDK's export thread is ours alone: sleeping blocks no one.
+            // The export thread is ours alone: sleeping blocks no one.
             std::thread::sleep(delay);
             delay *= 2;
         }
@@ -203,43 +198,12 @@ impl OtlpExporter {
         }
     }
 
-    fn shutdown(&self) -> OTelSdkResult {
+    /// Sends nothing more; drops the HTTP client (on the calling thread: the export thread).
+    fn shutdown(&self) {
         self.shut_down.store(true, Ordering::Release);
         if let Transport::Http(client) = &self.transport {
             drop(client.lock().unwrap_or_else(PoisonError::into_inner).take());
         }
-        Ok(())
-    }
-}
-
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = self.encode(batch.len(), |w| {
-            proto::encode_spans(w, &self.resource, &batch);
-        });
-        drop(batch);
-        self.send(body).await
-    }
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        self.shutdown()
-    }
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = EncodedResource::new(resource);
-    }
-}
-
-impl LogExporter for OtlpExporter {
-    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
-        let body = self.encode(batch.iter().count(), |w| {
-            proto::encode_logs(w, &self.resource, &batch);
-        });
-        self.send(body).await
-    }
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        self.shutdown()
-    }
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = EncodedResource::new(resource);
     }
 }
 
@@ -334,9 +298,9 @@ mod tests {
     /// A collector on 127.0.0.1 answering each request with the next status of `script`, then stopping;
     /// returns its URL and a handle yielding every request's head and body.
     /// Each request the test collector read: its head and its body.
-    type Seen = Vec<(String, Vec<u8>)>;
+    pub(super) type Seen = Vec<(String, Vec<u8>)>;
 
-    fn collector(script: Vec<u16>) -> (String, std::thread::JoinHandle<Seen>) {
+    pub(super) fn collector(script: Vec<u16>) -> (String, std::thread::JoinHandle<Seen>) {
         use std::io::{BufRead as _, BufReader, Write as _};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
@@ -419,7 +383,7 @@ mod tests {
         assert_eq!(seen.join().unwrap().len(), 1);
         // After shutdown nothing is sent.
         let e = exporter(&url);
-        e.shutdown().unwrap();
+        e.shutdown();
         assert!(matches!(send(&e, b""), Err(OTelSdkError::AlreadyShutdown)));
     }
 }

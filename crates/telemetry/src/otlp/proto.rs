@@ -2,9 +2,10 @@
 //!
 //! The upstream exporter first converts every span into `opentelemetry-proto`'s message structs — a `String` for
 //! every attribute key and value, a `Vec` for every id — then measures and encodes them, then frees them all.
-//! Profiled under load that was most of the export threads' time. Here each batch is written into one reused
-//! buffer in a single pass: a nested message reserves one length byte, and in the rare case its body grows
-//! past 127 bytes the body moves right by the extra length bytes (one `memmove` per large message).
+//! Profiled under load that was most of the export threads' time. Here each span or log record is written once,
+//! when it ends, into the buffer of its scope's group ([`Groups`]); a batch's request then only adds the
+//! envelope around the groups, whose lengths are known. Inside an item, a nested message reserves one length
+//! byte, and when its body grows past 127 bytes the body moves right by the extra length bytes (one `memmove`).
 //!
 //! The output must decode to exactly what `opentelemetry-proto`'s own conversion builds; the tests check that
 //! field by field, so the two cannot drift apart unnoticed. Field numbers are those of
@@ -16,7 +17,9 @@ use opentelemetry::logs::{AnyValue, Severity};
 use opentelemetry::trace::{SpanId, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::logs::{LogBatch, SdkLogRecord};
+#[cfg(test)]
+use opentelemetry_sdk::logs::LogBatch;
+use opentelemetry_sdk::logs::SdkLogRecord;
 use opentelemetry_sdk::trace::SpanData;
 
 /// Protobuf wire types.
@@ -45,11 +48,6 @@ impl Writer {
             buf: Vec::with_capacity(bytes),
             open: Vec::with_capacity(8),
         }
-    }
-
-    /// The request written.
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
-        self.buf
     }
 
     #[cfg(test)]
@@ -102,6 +100,13 @@ impl Writer {
         self.bytes_field(field, v.as_bytes());
     }
 
+    /// A sub-message already encoded (written even when empty, as present sub-messages are).
+    fn bytes_message(&mut self, field: u32, body: &[u8]) {
+        self.key(field, LEN);
+        self.varint(body.len() as u64);
+        self.buf.extend_from_slice(body);
+    }
+
     /// Opens a sub-message; every `begin` is closed by one `end`.
     fn begin(&mut self, field: u32) {
         self.key(field, LEN);
@@ -116,17 +121,16 @@ impl Writer {
             self.buf[at] = len as u8;
             return;
         }
-        let mut prefix = [0u8; 10];
-        let (mut n, mut v) = (0, len as u64);
-        while v >= 0x80 {
-            prefix[n] = (v as u8) | 0x80;
+        // The body moves right by the length's extra bytes (one `memmove`), and the length goes in front.
+        let extra = varint_len(len as u64) - 1;
+        let end = self.buf.len();
+        self.buf.resize(end + extra, 0);
+        self.buf.copy_within(at + 1..end, at + 1 + extra);
+        let mut v = len as u64;
+        for b in &mut self.buf[at..=at + extra] {
+            *b = (v as u8 & 0x7f) | if v >= 0x80 { 0x80 } else { 0 };
             v >>= 7;
-            n += 1;
         }
-        prefix[n] = v as u8;
-        self.buf[at] = prefix[0];
-        self.buf
-            .splice(at + 1..at + 1, prefix[1..=n].iter().copied());
     }
 
     // --- common.v1 ---
@@ -238,6 +242,21 @@ impl Writer {
     }
 }
 
+/// Bytes of a varint.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes of a length-delimited field holding `len` bytes (field numbers below 16: a one-byte key).
+fn len_field(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+/// Bytes of a string field, 0 when the string is empty (not written).
+fn str_field(s: &str) -> usize {
+    if s.is_empty() { 0 } else { len_field(s.len()) }
+}
+
 /// A resource encoded once (its attributes as `Resource` message fields) and copied into every request.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct EncodedResource {
@@ -246,11 +265,6 @@ pub(crate) struct EncodedResource {
 }
 
 impl EncodedResource {
-    /// Bytes it adds to a request, about.
-    pub(crate) fn encoded_len(&self) -> usize {
-        self.attributes.len() + self.schema_url.len()
-    }
-
     pub(crate) fn new(resource: &Resource) -> EncodedResource {
         let mut w = Writer::default();
         for (k, v) in resource.iter() {
@@ -261,47 +275,133 @@ impl EncodedResource {
             schema_url: resource.schema_url().unwrap_or_default().to_owned(),
         }
     }
+}
 
-    /// Opens a `Resource{Spans,Logs}` (field 1 of the export request) and writes its resource; the caller
-    /// writes the scope groups (field 2) and closes it with [`EncodedResource::close`].
-    fn open(&self, w: &mut Writer) {
-        w.begin(1);
-        w.begin(1);
-        w.buf.extend_from_slice(&self.attributes);
-        w.end();
+/// The items of one instrumentation scope, as the body of a `Scope{Spans,Logs}` message: the encoded scope
+/// (field 1), then each item (field 2); the schema URL (field 3) is written with the request.
+#[derive(Debug)]
+struct Group {
+    scope: Vec<u8>,
+    schema_url: String,
+    items: Writer,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.scope.len() + self.items.buf.len() + str_field(&self.schema_url)
+    }
+}
+
+/// Spans or log records encoded as they end, grouped by scope in order of first appearance, until they are
+/// written out as one export request ([`Groups::request`]). Each item is encoded once, straight into its
+/// group; the request then only adds the envelope, whose lengths are known.
+#[derive(Debug, Default)]
+pub(crate) struct Groups {
+    groups: Vec<Group>,
+    /// The scope of the item being added, encoded, to find its group.
+    scratch: Writer,
+    /// Items added.
+    pub(crate) count: usize,
+    /// Bytes the first group's buffer starts with (a full batch's worth, from the previous batch).
+    capacity: usize,
+}
+
+impl Groups {
+    /// Empty groups whose first buffer holds `capacity` bytes before it must grow.
+    pub(crate) fn with_capacity(capacity: usize) -> Groups {
+        Groups {
+            capacity,
+            ..Groups::default()
+        }
     }
 
-    fn close(&self, w: &mut Writer) {
-        w.str(3, &self.schema_url);
-        w.end();
+    /// Encoded bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.groups.iter().map(Group::len).sum()
     }
+
+    /// The writer of the group whose scope `write_scope` encodes (a new group if no item had that scope).
+    fn group(&mut self, schema_url: &str, write_scope: impl FnOnce(&mut Writer)) -> &mut Writer {
+        self.count += 1;
+        self.scratch.buf.clear();
+        write_scope(&mut self.scratch);
+        let found = self
+            .groups
+            .iter()
+            .position(|g| g.scope == self.scratch.buf && g.schema_url == schema_url);
+        let i = found.unwrap_or_else(|| {
+            self.groups.push(Group {
+                scope: self.scratch.buf.clone(),
+                schema_url: schema_url.to_owned(),
+                items: Writer::with_capacity(std::mem::take(&mut self.capacity)),
+            });
+            self.groups.len() - 1
+        });
+        &mut self.groups[i].items
+    }
+
+    /// Adds a span (its `ScopeSpans` is that of its instrumentation scope).
+    pub(crate) fn add_span(&mut self, span: &SpanData) {
+        let scope = &span.instrumentation_scope;
+        let w = self.group(scope.schema_url().unwrap_or_default(), |w| {
+            w.scope(1, scope.name(), scope);
+        });
+        span_message(w, span);
+    }
+
+    /// Adds a log record (its `ScopeLogs` is that of its scope, named by the record's target if it has one).
+    pub(crate) fn add_log(&mut self, record: &SdkLogRecord, scope: &InstrumentationScope) {
+        let name = log_scope_name(record, scope);
+        let w = self.group(scope.schema_url().unwrap_or_default(), |w| {
+            w.scope(1, name, scope);
+        });
+        log_message(w, record);
+    }
+
+    /// The `Export{Trace,Logs}ServiceRequest` holding every item: one `Resource{Spans,Logs}` with `resource`,
+    /// one `Scope{Spans,Logs}` per group.
+    pub(crate) fn request(&self, resource: &EncodedResource) -> Vec<u8> {
+        let resource_len = len_field(resource.attributes.len())
+            + self
+                .groups
+                .iter()
+                .map(|g| len_field(g.len()))
+                .sum::<usize>()
+            + str_field(&resource.schema_url);
+        let mut w = Writer::with_capacity(len_field(resource_len));
+        w.key(1, LEN);
+        w.varint(resource_len as u64);
+        w.bytes_message(1, &resource.attributes);
+        for g in &self.groups {
+            w.key(2, LEN);
+            w.varint(g.len() as u64);
+            w.buf.extend_from_slice(&g.scope);
+            w.buf.extend_from_slice(&g.items.buf);
+            w.str(3, &g.schema_url);
+        }
+        w.str(3, &resource.schema_url);
+        w.buf
+    }
+}
+
+/// An `ExportTraceServiceRequest` for `spans` (see [`Groups`]).
+#[cfg(test)]
+pub(crate) fn encode_spans(resource: &EncodedResource, spans: &[SpanData]) -> Vec<u8> {
+    let mut groups = Groups::default();
+    spans.iter().for_each(|s| groups.add_span(s));
+    groups.request(resource)
+}
+
+/// An `ExportLogsServiceRequest` for `batch` (see [`Groups`]).
+#[cfg(test)]
+pub(crate) fn encode_logs(resource: &EncodedResource, batch: &LogBatch<'_>) -> Vec<u8> {
+    let mut groups = Groups::default();
+    batch.iter().for_each(|(r, s)| groups.add_log(r, s));
+    groups.request(resource)
 }
 
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
-}
-
-/// Writes an `ExportTraceServiceRequest` for `spans`: one `ResourceSpans`, one `ScopeSpans` per distinct
-/// scope in order of first appearance, the spans in their batch order.
-pub(crate) fn encode_spans(w: &mut Writer, resource: &EncodedResource, spans: &[SpanData]) {
-    resource.open(w);
-    for (i, span) in spans.iter().enumerate() {
-        let scope = &span.instrumentation_scope;
-        if spans[..i].iter().any(|s| s.instrumentation_scope == *scope) {
-            continue; // its group was written with the first span of that scope
-        }
-        w.begin(2);
-        w.scope(1, scope.name(), scope);
-        for s in spans[i..]
-            .iter()
-            .filter(|s| s.instrumentation_scope == *scope)
-        {
-            span_message(w, s);
-        }
-        w.str(3, scope.schema_url().unwrap_or_default());
-        w.end();
-    }
-    resource.close(w);
 }
 
 fn span_message(w: &mut Writer, span: &SpanData) {
@@ -375,37 +475,6 @@ fn span_kind(kind: &opentelemetry::trace::SpanKind) -> u64 {
 /// scope's name.
 fn log_scope_name<'a>(record: &'a SdkLogRecord, scope: &'a InstrumentationScope) -> &'a str {
     record.target().map_or(scope.name(), |t| t.as_ref())
-}
-
-/// Same scope for grouping log records: same reported name, and the same scope apart from its name.
-fn same_log_scope(
-    (ra, sa): (&SdkLogRecord, &InstrumentationScope),
-    (rb, sb): (&SdkLogRecord, &InstrumentationScope),
-) -> bool {
-    log_scope_name(ra, sa) == log_scope_name(rb, sb)
-        && sa.version() == sb.version()
-        && sa.schema_url() == sb.schema_url()
-        && sa.attributes().eq(sb.attributes())
-}
-
-/// Writes an `ExportLogsServiceRequest` for `batch`: one `ResourceLogs`, one `ScopeLogs` per distinct scope
-/// (see [`same_log_scope`]) in order of first appearance, the records in their batch order.
-pub(crate) fn encode_logs(w: &mut Writer, resource: &EncodedResource, batch: &LogBatch<'_>) {
-    resource.open(w);
-    for (i, first) in batch.iter().enumerate() {
-        if batch.iter().take(i).any(|r| same_log_scope(r, first)) {
-            continue;
-        }
-        let (record, scope) = first;
-        w.begin(2);
-        w.scope(1, log_scope_name(record, scope), scope);
-        for (r, _) in batch.iter().skip(i).filter(|r| same_log_scope(*r, first)) {
-            log_message(w, r);
-        }
-        w.str(3, scope.schema_url().unwrap_or_default());
-        w.end();
-    }
-    resource.close(w);
 }
 
 fn log_message(w: &mut Writer, record: &SdkLogRecord) {
@@ -512,9 +581,8 @@ mod tests {
     impl SpanExporter for Both {
         async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
             let (ours, theirs) = self.resources();
-            let mut w = Writer::default();
-            encode_spans(&mut w, &ours, &batch);
-            let decoded = ExportTraceServiceRequest::decode(w.bytes()).unwrap();
+            let decoded =
+                ExportTraceServiceRequest::decode(&encode_spans(&ours, &batch)[..]).unwrap();
             let expected = ExportTraceServiceRequest {
                 resource_spans: group_spans_by_resource_and_scope(batch, &theirs),
             };
@@ -529,9 +597,8 @@ mod tests {
     impl LogExporter for Both {
         async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
             let (ours, theirs) = self.resources();
-            let mut w = Writer::default();
-            encode_logs(&mut w, &ours, &batch);
-            let decoded = ExportLogsServiceRequest::decode(w.bytes()).unwrap();
+            let decoded =
+                ExportLogsServiceRequest::decode(&encode_logs(&ours, &batch)[..]).unwrap();
             let mut expected = ExportLogsServiceRequest {
                 resource_logs: group_logs_by_resource_and_scope(&batch, &theirs),
             };
@@ -615,7 +682,6 @@ mod tests {
         }
 
         // And one batch holding every span at once, scopes interleaved.
-        let mut w = Writer::default();
         let spans: Vec<SpanData> = (0..5)
             .map(|i| SpanData {
                 instrumentation_scope: if i % 2 == 0 {
@@ -629,8 +695,8 @@ mod tests {
             })
             .collect();
         let r = resource();
-        encode_spans(&mut w, &EncodedResource::new(&r), &spans);
-        let decoded = ExportTraceServiceRequest::decode(w.bytes()).unwrap();
+        let bytes = encode_spans(&EncodedResource::new(&r), &spans);
+        let decoded = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
         let expected = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(spans, &(&r).into()),
         };
