@@ -145,19 +145,43 @@ impl Writer {
         self.end();
     }
 
+    /// A `KeyValue` holding a scalar: both lengths are known up front, so it is written in one pass with one
+    /// reservation (most attributes; this is the encoder's innermost loop).
+    fn scalar_key_value(&mut self, field: u32, key: &str, value: Scalar<'_>) {
+        let any = value.len();
+        let key_field = len_field(key.len());
+        self.buf
+            .reserve(1 + 10 + len_field(key_field + len_field(any)));
+        self.key(field, LEN);
+        self.varint((key_field + len_field(any)) as u64);
+        self.bytes_message(1, key.as_bytes());
+        self.key(2, LEN);
+        self.varint(any as u64);
+        self.scalar(value);
+    }
+
     fn attributes<'a>(&mut self, field: u32, attrs: impl IntoIterator<Item = &'a KeyValue>) {
         for kv in attrs {
-            self.key_value(field, kv.key.as_str(), |w| w.value(&kv.value));
+            match Scalar::of_value(&kv.value) {
+                Some(v) => self.scalar_key_value(field, kv.key.as_str(), v),
+                None => self.key_value(field, kv.key.as_str(), |w| w.value(&kv.value)),
+            }
+        }
+    }
+
+    /// The body of an `AnyValue` holding a scalar.
+    fn scalar(&mut self, value: Scalar<'_>) {
+        match value {
+            Scalar::Str(s) => self.oneof_string(s),
+            Scalar::Bool(b) => self.oneof_varint(2, u64::from(b)),
+            Scalar::Int(i) => self.oneof_varint(3, i as u64),
+            Scalar::Double(f) => self.oneof_double(f),
         }
     }
 
     /// The body of an `AnyValue` holding an attribute value.
     fn value(&mut self, value: &Value) {
         match value {
-            Value::String(s) => self.oneof_string(s.as_str()),
-            Value::Bool(b) => self.oneof_varint(2, u64::from(*b)),
-            Value::I64(i) => self.oneof_varint(3, *i as u64),
-            Value::F64(f) => self.oneof_double(*f),
             Value::Array(array) => {
                 self.begin(5);
                 match array {
@@ -176,8 +200,12 @@ impl Writer {
                 }
                 self.end();
             }
-            // A kind of value added after this was written: an empty `AnyValue`.
-            _ => {}
+            v => {
+                // A kind of value added after this was written: an empty `AnyValue`.
+                if let Some(v) = Scalar::of_value(v) {
+                    self.scalar(v);
+                }
+            }
         }
     }
 
@@ -207,10 +235,6 @@ impl Writer {
     /// The body of an `AnyValue` holding a log record's body or attribute.
     fn any_value(&mut self, value: &AnyValue) {
         match value {
-            AnyValue::String(s) => self.oneof_string(s.as_str()),
-            AnyValue::Boolean(b) => self.oneof_varint(2, u64::from(*b)),
-            AnyValue::Int(i) => self.oneof_varint(3, *i as u64),
-            AnyValue::Double(f) => self.oneof_double(*f),
             AnyValue::ListAny(items) => {
                 self.begin(5);
                 items.iter().for_each(|v| self.item(|w| w.any_value(v)));
@@ -228,7 +252,19 @@ impl Writer {
                 self.varint(b.len() as u64);
                 self.buf.extend_from_slice(b);
             }
-            _ => {}
+            v => {
+                if let Some(v) = Scalar::of_any(v) {
+                    self.scalar(v);
+                }
+            }
+        }
+    }
+
+    /// An attribute of a log record (field 6).
+    fn log_attribute(&mut self, key: &str, value: &AnyValue) {
+        match Scalar::of_any(value) {
+            Some(v) => self.scalar_key_value(6, key, v),
+            None => self.key_value(6, key, |w| w.any_value(value)),
         }
     }
 
@@ -239,6 +275,47 @@ impl Writer {
         self.str(2, scope.version().unwrap_or_default());
         self.attributes(3, scope.attributes());
         self.end();
+    }
+}
+
+/// A scalar attribute or log value: the `AnyValue` members whose encoded length is known before writing.
+#[derive(Debug, Clone, Copy)]
+enum Scalar<'a> {
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+}
+
+impl Scalar<'_> {
+    fn of_value(value: &Value) -> Option<Scalar<'_>> {
+        Some(match value {
+            Value::String(s) => Scalar::Str(s.as_str()),
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::I64(i) => Scalar::Int(*i),
+            Value::F64(f) => Scalar::Double(*f),
+            _ => return None,
+        })
+    }
+
+    fn of_any(value: &AnyValue) -> Option<Scalar<'_>> {
+        Some(match value {
+            AnyValue::String(s) => Scalar::Str(s.as_str()),
+            AnyValue::Boolean(b) => Scalar::Bool(*b),
+            AnyValue::Int(i) => Scalar::Int(*i),
+            AnyValue::Double(f) => Scalar::Double(*f),
+            _ => return None,
+        })
+    }
+
+    /// Bytes of the `AnyValue` body holding it (one member of the `oneof`, always written).
+    fn len(self) -> usize {
+        match self {
+            Scalar::Str(s) => len_field(s.len()),
+            Scalar::Bool(_) => 2,
+            Scalar::Int(i) => 1 + varint_len(i as u64),
+            Scalar::Double(_) => 9,
+        }
     }
 }
 
@@ -281,14 +358,30 @@ impl EncodedResource {
 /// (field 1), then each item (field 2); the schema URL (field 3) is written with the request.
 #[derive(Debug)]
 struct Group {
-    scope: Vec<u8>,
-    schema_url: String,
+    /// The scope's name as reported (a log record's target replaces it) and the scope: the group's key
+    /// ([`Group::is`]).
+    name: String,
+    scope: InstrumentationScope,
+    encoded_scope: Vec<u8>,
     items: Writer,
 }
 
 impl Group {
     fn len(&self) -> usize {
-        self.scope.len() + self.items.buf.len() + str_field(&self.schema_url)
+        self.encoded_scope.len() + self.items.buf.len() + str_field(self.schema_url())
+    }
+
+    fn schema_url(&self) -> &str {
+        self.scope.schema_url().unwrap_or_default()
+    }
+
+    /// Same reported name, and the same scope apart from its own name (log records of one target share a
+    /// group whatever logger emitted them, as in the upstream conversion).
+    fn is(&self, name: &str, scope: &InstrumentationScope) -> bool {
+        self.name == name
+            && self.scope.version() == scope.version()
+            && self.scope.schema_url() == scope.schema_url()
+            && self.scope.attributes().eq(scope.attributes())
     }
 }
 
@@ -298,8 +391,6 @@ impl Group {
 #[derive(Debug, Default)]
 pub(crate) struct Groups {
     groups: Vec<Group>,
-    /// The scope of the item being added, encoded, to find its group.
-    scratch: Writer,
     /// Items added.
     pub(crate) count: usize,
     /// Bytes the first group's buffer starts with (a full batch's worth, from the previous batch).
@@ -320,19 +411,17 @@ impl Groups {
         self.groups.iter().map(Group::len).sum()
     }
 
-    /// The writer of the group whose scope `write_scope` encodes (a new group if no item had that scope).
-    fn group(&mut self, schema_url: &str, write_scope: impl FnOnce(&mut Writer)) -> &mut Writer {
+    /// The writer of the group of scope `scope` reported as `name` (a new group if no item had it yet).
+    fn group(&mut self, name: &str, scope: &InstrumentationScope) -> &mut Writer {
         self.count += 1;
-        self.scratch.buf.clear();
-        write_scope(&mut self.scratch);
-        let found = self
-            .groups
-            .iter()
-            .position(|g| g.scope == self.scratch.buf && g.schema_url == schema_url);
+        let found = self.groups.iter().position(|g| g.is(name, scope));
         let i = found.unwrap_or_else(|| {
+            let mut encoded = Writer::default();
+            encoded.scope(1, name, scope);
             self.groups.push(Group {
-                scope: self.scratch.buf.clone(),
-                schema_url: schema_url.to_owned(),
+                name: name.to_owned(),
+                scope: scope.clone(),
+                encoded_scope: encoded.buf,
                 items: Writer::with_capacity(std::mem::take(&mut self.capacity)),
             });
             self.groups.len() - 1
@@ -343,19 +432,12 @@ impl Groups {
     /// Adds a span (its `ScopeSpans` is that of its instrumentation scope).
     pub(crate) fn add_span(&mut self, span: &SpanData) {
         let scope = &span.instrumentation_scope;
-        let w = self.group(scope.schema_url().unwrap_or_default(), |w| {
-            w.scope(1, scope.name(), scope);
-        });
-        span_message(w, span);
+        span_message(self.group(scope.name(), scope), span);
     }
 
     /// Adds a log record (its `ScopeLogs` is that of its scope, named by the record's target if it has one).
     pub(crate) fn add_log(&mut self, record: &SdkLogRecord, scope: &InstrumentationScope) {
-        let name = log_scope_name(record, scope);
-        let w = self.group(scope.schema_url().unwrap_or_default(), |w| {
-            w.scope(1, name, scope);
-        });
-        log_message(w, record);
+        log_message(self.group(log_scope_name(record, scope), scope), record);
     }
 
     /// The `Export{Trace,Logs}ServiceRequest` holding every item: one `Resource{Spans,Logs}` with `resource`,
@@ -375,9 +457,9 @@ impl Groups {
         for g in &self.groups {
             w.key(2, LEN);
             w.varint(g.len() as u64);
-            w.buf.extend_from_slice(&g.scope);
+            w.buf.extend_from_slice(&g.encoded_scope);
             w.buf.extend_from_slice(&g.items.buf);
-            w.str(3, &g.schema_url);
+            w.str(3, g.schema_url());
         }
         w.str(3, &resource.schema_url);
         w.buf
@@ -488,7 +570,7 @@ fn log_message(w: &mut Writer, record: &SdkLogRecord) {
         w.end();
     }
     for (k, v) in record.attributes_iter() {
-        w.key_value(6, k.as_str(), |w| w.any_value(v));
+        w.log_attribute(k.as_str(), v);
     }
     if let Some(cx) = record.trace_context() {
         w.fixed32(8, cx.trace_flags.map_or(0, |f| u32::from(f.to_u8())));
@@ -789,10 +871,15 @@ mod tests {
     fn long_messages_get_multi_byte_lengths() {
         use opentelemetry_proto::tonic::common::v1::{AnyValue as ProtoValue, KeyValue as ProtoKv};
         for len in [0, 1, 120, 127, 128, 300, 16_383, 16_384, 70_000] {
-            // A KeyValue whose value nests one level deeper, so both the outer and the inner length grow.
-            let mut w = Writer::default();
-            w.key_value(1, "k", |w| w.value(&Value::from("z".repeat(len))));
-            let bytes = w.bytes();
+            // A KeyValue whose value nests one level deeper, so both the outer and the inner length grow;
+            // written both ways: nested messages closed after the fact, and lengths known up front.
+            let value = Value::from("z".repeat(len));
+            let mut nested = Writer::default();
+            nested.key_value(1, "k", |w| w.value(&value));
+            let mut known = Writer::default();
+            known.attributes(1, &[KeyValue::new("k", value.clone())]);
+            assert_eq!(nested.bytes(), known.bytes(), "{len}");
+            let bytes = known.bytes();
             assert_eq!(bytes[0], 0x0a, "field 1, length-delimited");
             let mut rest = &bytes[1..];
             let outer = prost::encoding::decode_varint(&mut rest).unwrap();
