@@ -10,6 +10,8 @@ use http::{HeaderMap, Method, StatusCode};
 use retrybudget_policy::Outcome;
 use retrybudget_telemetry::CallerRetry;
 
+use std::borrow::Cow;
+
 use crate::{CHAT_COMPLETIONS, ChatStream};
 
 /// A request as the proxy (or [`Client::chat`](crate::Client::chat)) hands it over: bytes in, bytes out.
@@ -22,7 +24,7 @@ pub struct RawRequest {
     /// Path and query under the base URL, e.g. `/v1/chat/completions`.
     pub path: String,
     /// Low-cardinality route template for telemetry.
-    pub url_template: String,
+    pub url_template: Cow<'static, str>,
     /// Headers to forward (hop-by-hop ones already removed).
     pub headers: HeaderMap,
     /// Body, forwarded unchanged.
@@ -60,7 +62,7 @@ impl RawRequest {
         RawRequest {
             method: Method::POST,
             path: CHAT_COMPLETIONS.to_owned(),
-            url_template: CHAT_COMPLETIONS.to_owned(),
+            url_template: Cow::Borrowed(CHAT_COMPLETIONS),
             headers: HeaderMap::new(),
             body,
             model: None,

@@ -3,12 +3,13 @@
 //! Whatever ends the call — a terminal decision, a stream's last byte, or the caller dropping the future —
 //! the evidence is written exactly once: `Drop` finishes a call that nobody finished as `cancelled`.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 use retrybudget_policy::{
     AttemptResult, BudgetDenied, Call, Decision, DelaySource, ErrorType, Outcome,
 };
@@ -16,8 +17,8 @@ use retrybudget_telemetry::labels::model_for_span;
 use retrybudget_telemetry::names::*;
 use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, CallerRetry, ResponseFacts};
 
-use crate::Client;
 use crate::facts::{Facts, FinishReasons};
+use crate::{CHAT_COMPLETIONS, CHAT_COMPLETIONS_SPAN_NAME, Client};
 
 pub(crate) struct Inflight {
     client: Client,
@@ -26,7 +27,7 @@ pub(crate) struct Inflight {
     call_cx: Context,
     attempt: Option<(Context, Instant)>,
     started: Instant,
-    url_full: Option<String>,
+    url_full: Option<StringValue>,
     backoff_before: Option<(Duration, DelaySource)>,
     client_retry_count: Option<u32>,
     caller_retry: Option<CallerRetry>,
@@ -49,7 +50,11 @@ impl Inflight {
         let policy = &inner.policy;
         // Metric label and budget scope: bounded (`_invalid`, `_other`); spans may show any valid id.
         let model = inner.models.label(request.model.as_deref());
-        let span_model = model_for_span(request.model.as_deref()).into_owned();
+        // The label's shared buffer when it says the same (a known model under the limit), else a copy.
+        let span_model: StringValue = match model_for_span(request.model.as_deref()) {
+            Cow::Borrowed(m) if m == model.as_str() => model.clone(),
+            m => m.into_owned().into(),
+        };
         let labels = CallLabels {
             route: inner.route.clone(),
             provider: inner.provider.clone(),
@@ -68,7 +73,10 @@ impl Inflight {
             model,
             server_address: inner.server_address.clone(),
             server_port: inner.server_port,
-            url_template: CallLabels::shared(request.url_template.as_str()),
+            url_template: match &request.url_template {
+                Cow::Borrowed(t) => StringValue::from(*t),
+                Cow::Owned(t) => CallLabels::shared(t.as_str()),
+            },
             method: http_method_label(request.method.as_str()).into(),
         };
         // Room for the request's optional attributes and those the call's end adds (`CallEvent`): the span's
@@ -155,10 +163,14 @@ impl Inflight {
             call,
             // The redacted base + the route template: never the caller's own path or query, which can carry
             // anything (ids, keys in query strings, encoded tricks).
-            url_full: inner
-                .redacted_base
-                .as_ref()
-                .map(|b| [b.as_str(), request.url_template.as_str()].concat()),
+            url_full: if request.url_template == CHAT_COMPLETIONS {
+                inner.chat_url_full.clone()
+            } else {
+                inner
+                    .redacted_base
+                    .as_ref()
+                    .map(|b| CallLabels::shared([b.as_str(), &request.url_template].concat()))
+            },
             labels,
             call_cx,
             attempt: None,
@@ -221,7 +233,14 @@ impl Inflight {
         if let Some(u) = &self.url_full {
             attrs.push(KeyValue::new(URL_FULL, u.clone()));
         }
-        let name = [l.method.as_str(), " ", l.url_template.as_str()].concat();
+        let name: Cow<'static, str> =
+            if l.method.as_str() == "POST" && l.url_template.as_str() == CHAT_COMPLETIONS {
+                CHAT_COMPLETIONS_SPAN_NAME.into()
+            } else {
+                [l.method.as_str(), " ", l.url_template.as_str()]
+                    .concat()
+                    .into()
+            };
         let cx =
             self.client
                 .inner

@@ -42,7 +42,7 @@ pub use types::{ChatRequest, ChatResponse, Choice, Message, Usage};
 use inflight::Inflight;
 use transport::Pool;
 
-pub use retrybudget_policy::routes::CHAT_COMPLETIONS;
+pub use retrybudget_policy::routes::{CHAT_COMPLETIONS, CHAT_COMPLETIONS_SPAN_NAME};
 /// Header carrying our attempt index to the upstream (another agent reads it as a nested retry).
 pub const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-retrybudget-attempt");
 
@@ -100,6 +100,8 @@ struct Inner {
     base: String,
     /// `base` as `url.full` may show it (see `redact_url`), without a trailing slash.
     redacted_base: Option<String>,
+    /// `url.full` of a chat completion (`redacted_base` + its route), built once.
+    chat_url_full: Option<StringValue>,
     /// Label values below are shared buffers (see `CallLabels`): built once per client, cloned per call for free.
     server_address: StringValue,
     server_port: u16,
@@ -161,13 +163,17 @@ impl Client {
             .as_nanos() as u64;
         let route = CallLabels::shared(config.route_name);
         telemetry.announce_route(&route);
+        let redacted_base = retrybudget_telemetry::redact::redact_url(&base)
+            .map(|b| b.trim_end_matches('/').to_owned());
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
                 policy,
                 telemetry,
-                redacted_base: retrybudget_telemetry::redact::redact_url(&base)
-                    .map(|b| b.trim_end_matches('/').to_owned()),
+                chat_url_full: redacted_base
+                    .as_ref()
+                    .map(|b| CallLabels::shared([b.as_str(), CHAT_COMPLETIONS].concat())),
+                redacted_base,
                 base,
                 server_address: CallLabels::shared(server_address),
                 server_port,

@@ -85,7 +85,7 @@ impl RetryBudgetMiddleware {
         let head: Head<'_> = serde_json::from_slice(body).unwrap_or_default();
         let mut raw = RawRequest::chat(Bytes::copy_from_slice(body));
         raw.path = path.to_owned();
-        raw.url_template = template.to_owned();
+        raw.url_template = template.into();
         raw.headers = request.headers().clone();
         raw.model = head.model.map(Cow::into_owned);
         raw.stream = head.stream.unwrap_or(false);

@@ -5,6 +5,9 @@
 
 /// Chat completions, streaming or not.
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+/// The name of a chat completion's HTTP span (`{method} {route}`): the proxy's SERVER span and each attempt's
+/// CLIENT span.
+pub const CHAT_COMPLETIONS_SPAN_NAME: &str = "POST /v1/chat/completions";
 /// Legacy text completions.
 pub const COMPLETIONS: &str = "/v1/completions";
 /// Embeddings.

@@ -91,15 +91,14 @@ fn raw_request(
 ) -> RawRequest {
     let mut raw = RawRequest::chat(Bytes::new());
     raw.method = parts.method.clone();
-    // Written into the strings `chat` allocated (a route template or a short path fits): no new allocation.
+    // Written into the string `chat` allocated (a short path fits): no new allocation.
     let path = parts
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
     raw.path.clear();
     raw.path.push_str(path);
-    raw.url_template.clear();
-    raw.url_template.push_str(route);
+    raw.url_template = route.into();
     raw.headers = request::forward_headers(&parts.headers);
     state.config().access.set_credentials(&mut raw.headers);
     raw.parent = parent;

@@ -36,8 +36,6 @@ pub const OUTCOME_HEADER: &str = "x-retrybudget-outcome";
 pub const STREAM_INTERRUPTED_EVENT: &str = "data: {\"error\":{\"message\":\"upstream stream interrupted\",\"type\":\"upstream_error\",\"code\":\"stream_interrupted\"}}\n\n";
 
 const JSON: &str = "application/json";
-/// The SERVER span's name for chat completions (`{method} {route}`).
-const CHAT_SPAN_NAME: &str = "POST /v1/chat/completions";
 const INVALID_REQUEST: &str = "invalid_request_error";
 const UPSTREAM_ERROR: &str = "upstream_error";
 const RATE_LIMIT_ERROR: &str = "rate_limit_error";
@@ -448,14 +446,16 @@ impl ServerSpan {
         route: &'static str,
     ) -> Self {
         let method = http_method_label(method.as_str());
-        let attributes = vec![
+        // Room for what `finish` adds: the attributes grow in place.
+        let mut attributes = Vec::with_capacity(4);
+        attributes.extend([
             KeyValue::new(HTTP_REQUEST_METHOD, method),
             KeyValue::new(HTTP_ROUTE, route),
-        ];
+        ]);
         // The common case as a static name: no string built per request.
         let name: std::borrow::Cow<'static, str> =
             if method == "POST" && route == retrybudget_client::CHAT_COMPLETIONS {
-                CHAT_SPAN_NAME.into()
+                retrybudget_client::CHAT_COMPLETIONS_SPAN_NAME.into()
             } else {
                 format!("{method} {route}").into()
             };
@@ -502,7 +502,7 @@ mod tests {
     #[test]
     fn the_static_chat_span_name_is_method_and_route() {
         assert_eq!(
-            CHAT_SPAN_NAME,
+            retrybudget_client::CHAT_COMPLETIONS_SPAN_NAME,
             format!("POST {}", retrybudget_client::CHAT_COMPLETIONS)
         );
     }

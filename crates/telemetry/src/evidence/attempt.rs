@@ -61,14 +61,16 @@ impl AttemptEvent<'_> {
         let error_type = self.error_type.map(ErrorType::as_str);
 
         // --- span attributes
-        let mut attrs = vec![
+        // Room for every attribute below: no regrowth.
+        let mut attrs = Vec::with_capacity(8);
+        attrs.extend([
             KeyValue::new(RB_ATTEMPT, i64::from(self.attempt)),
             KeyValue::new(RB_DECISION, decision),
             KeyValue::new(
                 RB_BACKOFF_MS,
                 self.backoff_before.map_or(0, |(d, _)| d.as_millis() as i64),
             ),
-        ];
+        ]);
         if self.attempt > 0 {
             attrs.push(KeyValue::new(
                 HTTP_REQUEST_RESEND_COUNT,

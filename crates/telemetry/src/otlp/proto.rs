@@ -149,14 +149,22 @@ impl Writer {
     /// reservation (most attributes; this is the encoder's innermost loop).
     fn scalar_key_value(&mut self, field: u32, key: &str, value: Scalar<'_>) {
         let any = value.len();
-        let key_field = len_field(key.len());
-        self.buf
-            .reserve(1 + 10 + len_field(key_field + len_field(any)));
-        self.key(field, LEN);
-        self.varint((key_field + len_field(any)) as u64);
-        self.bytes_message(1, key.as_bytes());
-        self.key(2, LEN);
-        self.varint(any as u64);
+        let body = len_field(key.len()) + len_field(any);
+        self.buf.reserve(1 + 10 + body);
+        if field < 16 && body < 0x80 {
+            // Nearly every attribute: each key and length one byte, so the heads are two fixed-size copies.
+            let tag = (field << 3 | LEN) as u8;
+            self.buf
+                .extend_from_slice(&[tag, body as u8, 1 << 3 | LEN as u8, key.len() as u8]);
+            self.buf.extend_from_slice(key.as_bytes());
+            self.buf.extend_from_slice(&[2 << 3 | LEN as u8, any as u8]);
+        } else {
+            self.key(field, LEN);
+            self.varint(body as u64);
+            self.bytes_message(1, key.as_bytes());
+            self.key(2, LEN);
+            self.varint(any as u64);
+        }
         self.scalar(value);
     }
 
@@ -217,8 +225,13 @@ impl Writer {
     }
 
     fn oneof_string(&mut self, s: &str) {
-        self.key(1, LEN);
-        self.varint(s.len() as u64);
+        if s.len() < 0x80 {
+            self.buf
+                .extend_from_slice(&[1 << 3 | LEN as u8, s.len() as u8]);
+        } else {
+            self.key(1, LEN);
+            self.varint(s.len() as u64);
+        }
         self.buf.extend_from_slice(s.as_bytes());
     }
 
