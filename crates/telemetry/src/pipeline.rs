@@ -9,15 +9,14 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use opentelemetry::logs::LoggerProvider as _;
 use opentelemetry::metrics::{
     Counter, Gauge, Histogram, Meter, MeterProvider as _, ObservableCounter, ObservableGauge,
 };
 use opentelemetry::trace::{TraceContextExt, Tracer as _, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter as _;
 use opentelemetry_sdk::metrics::{Instrument, SdkMeterProvider, Stream};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
@@ -29,7 +28,7 @@ use crate::evidence_file::EvidenceWriter;
 use crate::export::{Counted, Dropped, LOGS, SIGNALS, TRACES};
 use crate::metric_push::{MetricPush, SharedReader};
 use crate::names::*;
-use crate::otlp::{Batcher, OtlpExporter, Signal, headers_from_env};
+use crate::otlp::{Batcher, OtlpExporter, Records, Signal, headers_from_env};
 
 /// The instruments of the contract, created once.
 #[derive(Debug)]
@@ -145,7 +144,10 @@ pub struct Telemetry {
 pub(crate) struct Inner {
     pub(crate) tracer: SdkTracer,
     tracer_provider: SdkTracerProvider,
-    pub(crate) logger: Option<SdkLogger>,
+    /// The evidence log records' way in (when OTLP is on): encoded from the event's fields, no SDK record.
+    pub(crate) records: Option<Records>,
+    /// Their instrumentation scope (that of a logger named [`SCOPE_NAME`]).
+    pub(crate) records_scope: InstrumentationScope,
     logger_provider: Option<SdkLoggerProvider>,
     meter_provider: SdkMeterProvider,
     metric_push: Option<MetricPush>,
@@ -208,6 +210,7 @@ impl Telemetry {
         let mut metric_push = None;
         let mut tracers = SdkTracerProvider::builder().with_resource(resource.clone());
         let mut logger_provider = None;
+        let mut records = None;
         if let Some(otlp) = &config.otlp {
             let timeout = otlp.timeout;
             let err = |signal: &str, e: opentelemetry_otlp::ExporterBuildError| {
@@ -252,6 +255,7 @@ impl Telemetry {
                 otlp_exporter(Signal::Traces, &otlp.traces_endpoint)?,
             )?;
             let logs = batcher(LOGS, otlp_exporter(Signal::Logs, &otlp.logs_endpoint)?)?;
+            records = Some(logs.records());
             let metrics = Counted {
                 inner: metrics,
                 dropped: Arc::clone(&dropped),
@@ -280,7 +284,6 @@ impl Telemetry {
         };
         let meter = meter_provider.meter(SCOPE_NAME);
         let tracer = tracer_provider.tracer(SCOPE_NAME);
-        let logger = logger_provider.as_ref().map(|p| p.logger(SCOPE_NAME));
         let dropped_for_counter = Arc::clone(&dropped);
         let dropped_counter = meter
             .u64_observable_counter(M_TELEMETRY_DROPPED)
@@ -308,7 +311,8 @@ impl Telemetry {
                 instruments: Instruments::new(&meter),
                 tracer,
                 tracer_provider,
-                logger,
+                records,
+                records_scope: InstrumentationScope::builder(SCOPE_NAME).build(),
                 logger_provider,
                 meter_provider,
                 metric_push,

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
+use opentelemetry::logs::Severity;
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use retrybudget_policy::{DecisionKind, DelaySource, ErrorType, Outcome};
@@ -12,6 +12,7 @@ use retrybudget_policy::{DecisionKind, DelaySource, ErrorType, Outcome};
 use super::{CallLabels, operator_note};
 use crate::names::*;
 use crate::nested::CallerRetry;
+use crate::otlp::{LogBody, LogFields, Scalar};
 use crate::pipeline::Telemetry;
 use crate::propagation::hex;
 use crate::record::EvidenceRecord;
@@ -142,45 +143,51 @@ impl AttemptEvent<'_> {
         let elapsed_bucket = elapsed_bucket(self.elapsed);
         let note = operator_note(self.decision);
         let failed = self.terminal.is_some_and(Outcome::is_failure);
-        if let Some(logger) = &inner.logger {
-            let mut rec = logger.create_log_record();
-            rec.set_event_name(EVENT_ATTEMPT);
-            rec.set_timestamp(SystemTime::now());
-            rec.set_severity_number(if failed {
-                Severity::Warn
-            } else {
-                Severity::Info
-            });
-            rec.set_severity_text(if failed { "WARN" } else { "INFO" });
-            rec.set_body(AnyValue::from(note));
-            rec.set_trace_context(ctx.trace_id(), ctx.span_id(), Some(ctx.trace_flags()));
-            rec.add_attribute(RB_ROUTE, l.route.clone());
-            rec.add_attribute(HTTP_REQUEST_METHOD, l.method.clone());
-            rec.add_attribute(URL_TEMPLATE, l.url_template.clone());
-            if let Some(s) = self.status {
-                rec.add_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(s));
-            }
-            if let Some(e) = &error_type {
-                rec.add_attribute(ERROR_TYPE, e.to_string());
-            }
-            rec.add_attribute(RB_ATTEMPT, i64::from(self.attempt));
-            rec.add_attribute(RB_ALLOWANCE_REMAINING, i64::from(self.allowance_remaining));
-            rec.add_attribute(RB_BUDGET_REMAINING, self.budget_balance);
-            rec.add_attribute(
-                RB_BACKOFF_MS,
-                self.backoff_before.map_or(0, |(d, _)| d.as_millis() as i64),
+        // One clock read for the record's time, in the log record and the JSONL line alike.
+        let now = SystemTime::now();
+        if let Some(records) = &inner.records {
+            let fields = LogFields {
+                timestamp: Some(now),
+                observed: Some(now),
+                severity: Some(if failed {
+                    Severity::Warn
+                } else {
+                    Severity::Info
+                }),
+                severity_text: if failed { "WARN" } else { "INFO" },
+                body: Some(LogBody::Str(note)),
+                trace: Some((ctx.trace_id(), ctx.span_id(), Some(ctx.trace_flags()))),
+                event_name: EVENT_ATTEMPT,
+            };
+            let backoff_ms = self.backoff_before.map_or(0, |(d, _)| d.as_millis() as i64);
+            records.add(
+                &inner.records_scope,
+                &fields,
+                &[
+                    Some((RB_ROUTE, Scalar::Str(l.route.as_str()))),
+                    Some((HTTP_REQUEST_METHOD, Scalar::Str(l.method.as_str()))),
+                    Some((URL_TEMPLATE, Scalar::Str(l.url_template.as_str()))),
+                    self.status
+                        .map(|s| (HTTP_RESPONSE_STATUS_CODE, Scalar::Int(i64::from(s)))),
+                    error_type.as_deref().map(|e| (ERROR_TYPE, Scalar::Str(e))),
+                    Some((RB_ATTEMPT, Scalar::Int(i64::from(self.attempt)))),
+                    Some((
+                        RB_ALLOWANCE_REMAINING,
+                        Scalar::Int(i64::from(self.allowance_remaining)),
+                    )),
+                    Some((RB_BUDGET_REMAINING, Scalar::Double(self.budget_balance))),
+                    Some((RB_BACKOFF_MS, Scalar::Int(backoff_ms))),
+                    Some((RB_ELAPSED_BUCKET, Scalar::Str(elapsed_bucket))),
+                    Some((RB_DECISION, Scalar::Str(decision))),
+                    self.terminal
+                        .map(|o| (RB_CLIENT_RESULT, Scalar::Str(o.client_result()))),
+                    self.terminal.map(|o| (RB_OUTCOME, Scalar::Str(o.as_str()))),
+                ],
             );
-            rec.add_attribute(RB_ELAPSED_BUCKET, elapsed_bucket);
-            rec.add_attribute(RB_DECISION, decision);
-            if let Some(outcome) = self.terminal {
-                rec.add_attribute(RB_CLIENT_RESULT, outcome.client_result());
-                rec.add_attribute(RB_OUTCOME, outcome.as_str());
-            }
-            logger.emit(rec);
         }
         if let Some(writer) = &inner.evidence {
             let record = EvidenceRecord {
-                timestamp: rfc3339(SystemTime::now()).into(),
+                timestamp: rfc3339(now).into(),
                 environment: inner.environment.as_str().into(),
                 provider_route: l.route.as_str().into(),
                 model: l.model.as_str().into(),

@@ -24,7 +24,7 @@ use opentelemetry_sdk::logs::{LogProcessor, SdkLogRecord};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
 use super::OtlpExporter;
-use super::proto::{EncodedResource, Groups};
+use super::proto::{EncodedResource, Groups, LogFields, Scalar};
 use crate::export::{Dropped, export_failed};
 
 /// Most items in one export request (the SDK's default `max_export_batch_size`).
@@ -109,33 +109,9 @@ impl Batcher {
         Ok(Batcher { shared })
     }
 
-    /// Encodes one item into this thread's shard; hands the shard to the export thread when it is full.
-    fn push(&self, add: impl FnOnce(&mut Groups)) {
-        let s = &self.shared;
-        let shard = &s.shards[THREAD.try_with(|t| *t).unwrap_or(0) % s.shards.len()];
-        let full = {
-            let mut groups = lock(shard);
-            // Checked under the shard's lock: shutdown takes every shard after setting it, so an item is
-            // either in a shard it takes or counted here.
-            if s.closed.load(Ordering::Acquire) {
-                drop(groups);
-                s.dropped.add(s.signal, 1);
-                return;
-            }
-            add(&mut groups);
-            (groups.count >= s.batch).then(|| s.take(&mut groups))
-        };
-        if let Some(batch) = full {
-            let mut state = lock(&s.state);
-            if state.stop || state.ready.len() >= s.max_ready {
-                drop(state);
-                s.dropped.add(s.signal, batch.count as u64);
-                return;
-            }
-            state.ready.push_back(batch);
-            drop(state);
-            s.wake.notify_one();
-        }
+    /// A handle that adds items without going through the SDK (see [`Records`]).
+    pub(crate) fn records(&self) -> Records {
+        Records(Arc::clone(&self.shared))
     }
 
     /// Asks the export thread to send everything pushed so far (and, with `stop`, to end), waiting at most
@@ -163,10 +139,57 @@ impl Batcher {
     }
 }
 
+/// Adds log records to a [`Batcher`] directly, encoded from their fields: the evidence records, which need no
+/// SDK record built, filled, boxed and dropped first. After shutdown they are counted as dropped, as any item.
+#[derive(Debug, Clone)]
+pub(crate) struct Records(Arc<Shared>);
+
+impl Records {
+    /// Adds one log record of `scope`.
+    pub(crate) fn add(
+        &self,
+        scope: &InstrumentationScope,
+        fields: &LogFields<'_>,
+        attributes: &[Option<(&str, Scalar<'_>)>],
+    ) {
+        self.0
+            .push(|groups| groups.add_record(scope, fields, attributes));
+    }
+}
+
 /// How long `force_flush` (which the SDK gives no timeout) waits for the export thread.
 const FLUSH_WAIT: Duration = Duration::from_secs(30);
 
 impl Shared {
+    /// Encodes one item into this thread's shard; hands the shard to the export thread when it is full.
+    fn push(&self, add: impl FnOnce(&mut Groups)) {
+        let s = self;
+        let shard = &s.shards[THREAD.try_with(|t| *t).unwrap_or(0) % s.shards.len()];
+        let full = {
+            let mut groups = lock(shard);
+            // Checked under the shard's lock: shutdown takes every shard after setting it, so an item is
+            // either in a shard it takes or counted here.
+            if s.closed.load(Ordering::Acquire) {
+                drop(groups);
+                s.dropped.add(s.signal, 1);
+                return;
+            }
+            add(&mut groups);
+            (groups.count >= s.batch).then(|| s.take(&mut groups))
+        };
+        if let Some(batch) = full {
+            let mut state = lock(&s.state);
+            if state.stop || state.ready.len() >= s.max_ready {
+                drop(state);
+                s.dropped.add(s.signal, batch.count as u64);
+                return;
+            }
+            state.ready.push_back(batch);
+            drop(state);
+            s.wake.notify_one();
+        }
+    }
+
     /// Takes a shard's items, leaving it empty with room for a full batch.
     fn take(&self, groups: &mut Groups) -> Groups {
         let room = self.batch * self.item_bytes.load(Ordering::Relaxed);
@@ -259,7 +282,7 @@ impl Drop for Batcher {
 impl SpanProcessor for Batcher {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
     fn on_end(&self, span: SpanData) {
-        self.push(|groups| groups.add_span(&span));
+        self.shared.push(|groups| groups.add_span(&span));
     }
     fn force_flush(&self) -> OTelSdkResult {
         self.drain(false, FLUSH_WAIT)
@@ -274,7 +297,7 @@ impl SpanProcessor for Batcher {
 
 impl LogProcessor for Batcher {
     fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
-        self.push(|groups| groups.add_log(record, scope));
+        self.shared.push(|groups| groups.add_log(record, scope));
     }
     fn force_flush(&self) -> OTelSdkResult {
         self.drain(false, FLUSH_WAIT)

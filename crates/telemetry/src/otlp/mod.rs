@@ -16,7 +16,8 @@ mod batch;
 mod grpc;
 mod proto;
 
-pub(crate) use batch::Batcher;
+pub(crate) use batch::{Batcher, Records};
+pub(crate) use proto::{LogBody, LogFields, Scalar};
 
 use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -14,7 +14,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::logs::{AnyValue, Severity};
-use opentelemetry::trace::{SpanId, Status};
+use opentelemetry::trace::{SpanId, Status, TraceFlags, TraceId};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 #[cfg(test)]
@@ -293,7 +293,7 @@ impl Writer {
 
 /// A scalar attribute or log value: the `AnyValue` members whose encoded length is known before writing.
 #[derive(Debug, Clone, Copy)]
-enum Scalar<'a> {
+pub(crate) enum Scalar<'a> {
     Str(&'a str),
     Bool(bool),
     Int(i64),
@@ -450,7 +450,38 @@ impl Groups {
 
     /// Adds a log record (its `ScopeLogs` is that of its scope, named by the record's target if it has one).
     pub(crate) fn add_log(&mut self, record: &SdkLogRecord, scope: &InstrumentationScope) {
-        log_message(self.group(log_scope_name(record, scope), scope), record);
+        let fields = LogFields {
+            timestamp: record.timestamp(),
+            observed: record.observed_timestamp(),
+            severity: record.severity_number(),
+            severity_text: record.severity_text().unwrap_or_default(),
+            body: record.body().map(LogBody::Any),
+            trace: record
+                .trace_context()
+                .map(|cx| (cx.trace_id, cx.span_id, cx.trace_flags)),
+            event_name: record.event_name().unwrap_or_default(),
+        };
+        let w = self.group(log_scope_name(record, scope), scope);
+        log_message(w, &fields, |w| {
+            for (k, v) in record.attributes_iter() {
+                w.log_attribute(k.as_str(), v);
+            }
+        });
+    }
+
+    /// Adds a log record of `scope` made of `fields` and the scalar `attributes` present, as an SDK record
+    /// with the same content would be written.
+    pub(crate) fn add_record(
+        &mut self,
+        scope: &InstrumentationScope,
+        fields: &LogFields<'_>,
+        attributes: &[Option<(&str, Scalar<'_>)>],
+    ) {
+        log_message(self.group(scope.name(), scope), fields, |w| {
+            for &(k, v) in attributes.iter().flatten() {
+                w.scalar_key_value(6, k, v);
+            }
+        });
     }
 
     /// The `Export{Trace,Logs}ServiceRequest` holding every item: one `Resource{Spans,Logs}` with `resource`,
@@ -572,29 +603,51 @@ fn log_scope_name<'a>(record: &'a SdkLogRecord, scope: &'a InstrumentationScope)
     record.target().map_or(scope.name(), |t| t.as_ref())
 }
 
-fn log_message(w: &mut Writer, record: &SdkLogRecord) {
+/// A log record's fields, as [`log_message`] writes them: from the SDK's records, or set directly by an
+/// evidence event ([`Groups::add_record`]), which then needs no SDK record at all.
+pub(crate) struct LogFields<'a> {
+    pub(crate) timestamp: Option<SystemTime>,
+    pub(crate) observed: Option<SystemTime>,
+    pub(crate) severity: Option<Severity>,
+    pub(crate) severity_text: &'a str,
+    pub(crate) body: Option<LogBody<'a>>,
+    pub(crate) trace: Option<(TraceId, SpanId, Option<TraceFlags>)>,
+    pub(crate) event_name: &'a str,
+}
+
+/// A log record's body.
+pub(crate) enum LogBody<'a> {
+    Any(&'a AnyValue),
+    Str(&'a str),
+}
+
+/// One `LogRecord` (field 2 of `ScopeLogs`); `attributes` writes its attributes (field 6).
+fn log_message(w: &mut Writer, f: &LogFields<'_>, attributes: impl FnOnce(&mut Writer)) {
     w.begin(2);
-    w.fixed64(1, record.timestamp().map(nanos).unwrap_or_default());
-    w.uint(2, record.severity_number().map_or(0, severity));
-    w.str(3, record.severity_text().unwrap_or_default());
-    if let Some(body) = record.body() {
-        w.begin(5);
-        w.any_value(body);
-        w.end();
+    w.fixed64(1, f.timestamp.map(nanos).unwrap_or_default());
+    w.uint(2, f.severity.map_or(0, severity));
+    w.str(3, f.severity_text);
+    match f.body {
+        Some(LogBody::Any(body)) => {
+            w.begin(5);
+            w.any_value(body);
+            w.end();
+        }
+        Some(LogBody::Str(body)) => {
+            w.begin(5);
+            w.scalar(Scalar::Str(body));
+            w.end();
+        }
+        None => {}
     }
-    for (k, v) in record.attributes_iter() {
-        w.log_attribute(k.as_str(), v);
+    attributes(w);
+    if let Some((trace_id, span_id, flags)) = f.trace {
+        w.fixed32(8, flags.map_or(0, |f| u32::from(f.to_u8())));
+        w.bytes_field(9, &trace_id.to_bytes());
+        w.bytes_field(10, &span_id.to_bytes());
     }
-    if let Some(cx) = record.trace_context() {
-        w.fixed32(8, cx.trace_flags.map_or(0, |f| u32::from(f.to_u8())));
-        w.bytes_field(9, &cx.trace_id.to_bytes());
-        w.bytes_field(10, &cx.span_id.to_bytes());
-    }
-    w.fixed64(
-        11,
-        record.observed_timestamp().map(nanos).unwrap_or_default(),
-    );
-    w.str(12, record.event_name().unwrap_or_default());
+    w.fixed64(11, f.observed.map(nanos).unwrap_or_default());
+    w.str(12, f.event_name);
     w.end();
 }
 
@@ -878,6 +931,55 @@ mod tests {
         for (decoded, expected) in got {
             assert_eq!(decoded, expected);
         }
+    }
+
+    #[test]
+    fn a_record_written_from_its_fields_is_the_sdk_record_with_those_fields() {
+        let provider = SdkLoggerProvider::builder().build();
+        let scope = InstrumentationScope::builder("retrybudget").build();
+        let at = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        let (trace, span) = (
+            TraceId::from_bytes((9_u128).to_be_bytes()),
+            SpanId::from_bytes((8_u64).to_be_bytes()),
+        );
+        let mut record = provider.logger("retrybudget").create_log_record();
+        record.set_event_name("retrybudget.attempt");
+        record.set_timestamp(at);
+        record.set_observed_timestamp(at);
+        record.set_severity_number(Severity::Warn);
+        record.set_severity_text("WARN");
+        record.set_body(AnyValue::from("a note"));
+        record.set_trace_context(trace, span, Some(TraceFlags::SAMPLED));
+        record.add_attribute("s", "value");
+        record.add_attribute("n", -5_i64);
+        record.add_attribute("d", 0.5);
+        record.add_attribute("long", "y".repeat(200));
+        let mut sdk = Groups::default();
+        sdk.add_log(&record, &scope);
+
+        let long = "y".repeat(200);
+        let mut direct = Groups::default();
+        direct.add_record(
+            &scope,
+            &LogFields {
+                timestamp: Some(at),
+                observed: Some(at),
+                severity: Some(Severity::Warn),
+                severity_text: "WARN",
+                body: Some(LogBody::Str("a note")),
+                trace: Some((trace, span, Some(TraceFlags::SAMPLED))),
+                event_name: "retrybudget.attempt",
+            },
+            &[
+                Some(("s", Scalar::Str("value"))),
+                None,
+                Some(("n", Scalar::Int(-5))),
+                Some(("d", Scalar::Double(0.5))),
+                Some(("long", Scalar::Str(&long))),
+            ],
+        );
+        let r = EncodedResource::new(&resource());
+        assert_eq!(direct.request(&r), sdk.request(&r));
     }
 
     #[test]
