@@ -12,14 +12,16 @@
 #
 # Per target: the proxy starts under callgrind in front of an nginx origin (a fixed chat completion) and, for
 # `full`, with a JSONL evidence file and OTLP/HTTP export to a live `rotel --exporter blackhole`; WARM_UP
-# requests (800: past the first export of every signal, whose one-time client set-up is not per-request work),
+# requests (1 500: past the first export of every signal, whose one-time client set-up — reqwest loading the
+# system's root certificates, ~12 M instructions — is not per-request work; each connection thread fills its
+# own batch of 512 log records, one per request, so with 2 threads the first log export comes after ~1 030),
 # then the counters are zeroed and REQUESTS (2000) requests are sent over 4 kept-alive connections (distinct
 # bodies); the process is stopped 1.5 s later (so the export threads have sent what they queued) and the count
 # is divided by REQUESTS. Needs valgrind, nginx, python3 with rotel (`pip install --pre rotel`). Binds 127.0.0.1
 # only; every process started is stopped by its pid.
 set -uo pipefail
 REQUESTS=${REQUESTS:-2000}
-WARM_UP=${WARM_UP:-800}
+WARM_UP=${WARM_UP:-1500}
 (($#)) || { sed -n 2,17p "$0"; exit 2; }
 source "$(dirname "$0")/common.sh"
 find_rotel instructions-per-request
