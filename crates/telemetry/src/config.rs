@@ -49,8 +49,10 @@ pub struct TelemetryConfig {
     pub evidence_file: Option<PathBuf>,
     /// Size-based rotation of the evidence file (default: none).
     pub evidence_rotation: crate::EvidenceRotation,
-    /// Spans (and, separately, log records) that may wait for export (`OTEL_BSP_MAX_QUEUE_SIZE`, default
-    /// 2048). Past it, new items are dropped and counted in `retrybudget.telemetry.dropped`.
+    /// Spans (and, separately, log records) that may wait for export in full batches
+    /// (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048), besides the batch each connection thread is filling (at most
+    /// 512 items each). Past it, new batches are dropped and their items counted in
+    /// `retrybudget.telemetry.dropped`.
     pub queue_size: usize,
     /// Longest wait before a partial batch of spans or log records is exported (`OTEL_BSP_SCHEDULE_DELAY`,
     /// default 5 s).
