@@ -6,7 +6,7 @@
 //! - the export queue is full (a hanging collector holds the export thread for a whole timeout while calls keep
 //!   ending): the span and log batcher (`crate::otlp::Batcher`) drops — and counts — what would not fit;
 //! - an export fails or times out (after the exporter's own retries, bounded by the export timeout): the batch's
-//!   items (spans, log records; metric data points through [`Counted`]) are counted by [`export_failed`];
+//!   items (spans, log records; metric data points through `Counted`) are counted by `export_failed`;
 //! - an item arrives after shutdown began: counted by the batcher instead of vanishing.
 //!
 //! Nothing here may block the emitting thread, or count an item twice.
