@@ -18,7 +18,7 @@ use retrybudget_telemetry::names::*;
 use retrybudget_telemetry::{AttemptEvent, CallEvent, CallLabels, CallerRetry, ResponseFacts};
 
 use crate::facts::{Facts, FinishReasons};
-use crate::{CHAT_COMPLETIONS, CHAT_COMPLETIONS_SPAN_NAME, Client};
+use crate::{CHAT_COMPLETIONS, Client};
 
 pub(crate) struct Inflight {
     client: Client,
@@ -233,14 +233,7 @@ impl Inflight {
         if let Some(u) = &self.url_full {
             attrs.push(KeyValue::new(URL_FULL, u.clone()));
         }
-        let name: Cow<'static, str> =
-            if l.method.as_str() == "POST" && l.url_template.as_str() == CHAT_COMPLETIONS {
-                CHAT_COMPLETIONS_SPAN_NAME.into()
-            } else {
-                [l.method.as_str(), " ", l.url_template.as_str()]
-                    .concat()
-                    .into()
-            };
+        let name = crate::http_span_name(l.method.as_str(), l.url_template.as_str());
         let cx =
             self.client
                 .inner

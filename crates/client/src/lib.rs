@@ -42,7 +42,7 @@ pub use types::{ChatRequest, ChatResponse, Choice, Message, Usage};
 use inflight::Inflight;
 use transport::Pool;
 
-pub use retrybudget_policy::routes::{CHAT_COMPLETIONS, CHAT_COMPLETIONS_SPAN_NAME};
+pub use retrybudget_policy::routes::{CHAT_COMPLETIONS, http_span_name};
 /// Header carrying our attempt index to the upstream (another agent reads it as a nested retry).
 pub const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-retrybudget-attempt");
 

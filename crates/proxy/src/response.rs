@@ -452,13 +452,7 @@ impl ServerSpan {
             KeyValue::new(HTTP_REQUEST_METHOD, method),
             KeyValue::new(HTTP_ROUTE, route),
         ]);
-        // The common case as a static name: no string built per request.
-        let name: std::borrow::Cow<'static, str> =
-            if method == "POST" && route == retrybudget_client::CHAT_COMPLETIONS {
-                retrybudget_client::CHAT_COMPLETIONS_SPAN_NAME.into()
-            } else {
-                format!("{method} {route}").into()
-            };
+        let name = retrybudget_client::http_span_name(method, route);
         let cx = telemetry.start_span(parent, name, SpanKind::Server, attributes);
         ServerSpan { cx, ended: false }
     }
@@ -498,14 +492,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn the_static_chat_span_name_is_method_and_route() {
-        assert_eq!(
-            retrybudget_client::CHAT_COMPLETIONS_SPAN_NAME,
-            format!("POST {}", retrybudget_client::CHAT_COMPLETIONS)
-        );
-    }
 
     #[test]
     fn relayed_headers() {
