@@ -85,7 +85,10 @@ class Stack:
         deadline, lines = time.time() + timeout, []
         while time.time() < deadline:
             with open(self.evidence) as f:
-                lines = [json.loads(line) for line in f if line.strip()]
+                text = f.read()
+            # A read can land while the writer's write(2) is still copying a batch in: the file then ends
+            # part-way through a line. Only lines that end in a newline are written; the rest is read next time.
+            lines = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
             if len(lines) >= at_least:
                 break
             time.sleep(0.05)
