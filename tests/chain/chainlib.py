@@ -191,10 +191,14 @@ def set_load(upstream: str, mode: dict) -> None:
 
 
 def read_evidence(path: Path) -> list[dict]:
-    """Every line of the evidence file and of its rotated siblings (PATH.1, PATH.2, …)."""
+    """Every whole line of the evidence file and of its rotated siblings (PATH.1, PATH.2, …).
+
+    A read can land while the writer's write(2) is still copying a batch in, so a file may end part-way through a
+    line: only lines that end in a newline count (a line cut anywhere else still fails `json.loads`)."""
     lines = []
     for f in sorted(path.parent.glob(path.name + "*")):
-        lines += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        text = f.read_text()
+        lines += [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
     return lines
 
 
