@@ -80,19 +80,19 @@ class Stack:
                 out[m.group(1)] = out.get(m.group(1), 0) + float(line.rsplit(" ", 1)[1])
         return out
 
-    def evidence_lines(self, at_least: int = 1, timeout: float = 5) -> list[dict]:
-        """The evidence file's records (its writer flushes every 100 ms: wait for them)."""
+    def evidence_lines(self, at_least: int = 1, timeout: float = 30) -> list[dict]:
+        """The evidence file's records, once it holds `at_least` (its writer flushes every 100 ms: wait for them)."""
         deadline, lines = time.time() + timeout, []
-        while time.time() < deadline:
+        while True:
             with open(self.evidence) as f:
                 text = f.read()
             # A read can land while the writer's write(2) is still copying a batch in: the file then ends
             # part-way through a line. Only lines that end in a newline are written; the rest is read next time.
             lines = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
             if len(lines) >= at_least:
-                break
+                return lines
+            assert time.time() < deadline, f"{len(lines)} evidence lines after {timeout} s, expected {at_least}"
             time.sleep(0.05)
-        return lines
 
     def stop(self):
         for p in reversed(self.procs):

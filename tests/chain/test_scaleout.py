@@ -67,22 +67,25 @@ def test_two_gateways_behind_loadbalancing_keep_traces_whole():
             assert len(keep) >= 10, f"the demo's mix should retry and fail: {len(keep)} incident traces"
 
             def whole():
+                """The incident traces once Jaeger holds every one of them whole (it may still be storing the
+                last spans of a trace it already lists); a trace split across the gateways stays broken, and
+                the timeout's message names it."""
                 got = {t["traceID"]: t for t in jaeger.traces()}
                 if not keep <= set(got):
                     return None
+                broken = []
+                for trace_id in keep:
+                    spans = got[trace_id]["spans"]
+                    attempt_spans = [s for s in spans if tags(s).get("span.kind") == "client"
+                                     and "retrybudget.attempt" in tags(s)]
+                    logical = [s for s in spans if s["operationName"].startswith("chat ")]
+                    if len(attempt_spans) != attempts_of[trace_id] or len(logical) != 1:
+                        broken.append((trace_id, attempts_of[trace_id], [s["operationName"] for s in spans]))
+                assert not broken, f"traces split or incomplete: {broken[:5]}"
                 return got
 
-            got = wait_until(f"all {len(keep)} incident traces of the demo in Jaeger", whole, TRACE_TIMEOUT,
-                             procs[:-1], interval=2)
-            broken = []
-            for trace_id in keep:
-                spans = got[trace_id]["spans"]
-                attempt_spans = [s for s in spans if tags(s).get("span.kind") == "client"
-                                 and "retrybudget.attempt" in tags(s)]
-                logical = [s for s in spans if s["operationName"].startswith("chat ")]
-                if len(attempt_spans) != attempts_of[trace_id] or len(logical) != 1:
-                    broken.append((trace_id, attempts_of[trace_id], [s["operationName"] for s in spans]))
-            assert not broken, f"traces split or incomplete: {broken[:5]}"
+            wait_until(f"all {len(keep)} incident traces of the demo whole in Jaeger", whole, TRACE_TIMEOUT,
+                       procs[:-1], interval=2)
 
             internal = [gw.internal_metrics() for gw in gateways]
             accepted = [metric_value(m, "otelcol_receiver_accepted_spans") for m in internal]

@@ -50,14 +50,16 @@ async function control(method, path, body) {
 
 const attempts = async () => (await control('GET', 'count')).count;
 
-async function evidenceLines() {
-  // The proxy writes evidence off the request path (every 100 ms); wait until the file is quiet.
-  let prev = -1;
+async function evidenceLines(until) {
+  // The proxy writes evidence off the request path (every 100 ms): poll until `until(lines)` holds. A read can
+  // land while the writer's write(2) is still copying a batch in, so only lines that end in a newline count.
+  const deadline = Date.now() + 10_000;
   for (;;) {
-    await new Promise((r) => setTimeout(r, 300));
-    const lines = readFileSync(evidence, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
-    if (lines.length === prev) return lines;
-    prev = lines.length;
+    const text = readFileSync(evidence, 'utf8');
+    const lines = text.slice(0, text.lastIndexOf('\n') + 1).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    if (until(lines)) return lines;
+    assert.ok(Date.now() < deadline, `evidence not there after 10 s (${lines.length} lines)`);
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
 
@@ -122,9 +124,13 @@ test('503, 503, 200: the proxy retries, the SDK sees one success', async () => {
   assert.equal(response.status, 200);
   assert.ok(data.choices[0].message.content.length > 0);
   assert.equal(await attempts(), before + 3);
-  const lines = (await evidenceLines()).filter((l) => l.terminal_outcome === 'success_after_retry');
+  // Its three attempt records, the last one terminal (a fourth, or a second terminal one, fails below).
+  const terminal = (ls) => ls.filter((l) => l.terminal_outcome === 'success_after_retry');
+  const all = await evidenceLines((ls) => terminal(ls).length > 0
+    && ls.filter((l) => l.trace_id === terminal(ls)[0].trace_id).length >= 3);
+  const lines = terminal(all);
   assert.equal(lines.length, 1, 'one terminal record with success_after_retry');
-  const trace = (await evidenceLines()).filter((l) => l.trace_id === lines[0].trace_id);
+  const trace = all.filter((l) => l.trace_id === lines[0].trace_id);
   assert.deepEqual(trace.map((l) => l.http_status_code), [503, 503, 200]);
   assert.deepEqual(trace.map((l) => l.retry_attempt), [0, 1, 2]);
 });

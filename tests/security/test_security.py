@@ -288,11 +288,13 @@ def test_a_thousand_dribbling_connections_do_not_starve_a_normal_caller(fresh):
         t.start()
         try:
             time.sleep(1.0)
+            client = sdk(fresh)  # built outside the timed call (TLS context, certificates)
             started = time.monotonic()
-            completion = sdk(fresh).chat.completions.create(model="fake-model", messages=MSG)
+            completion = client.chat.completions.create(model="fake-model", messages=MSG)
             elapsed = time.monotonic() - started
             assert completion.choices[0].message.content
-            assert elapsed < 2.0, f"a normal call took {elapsed:.2f}s behind 1000 slow connections"
+            # A starved caller would wait for the dribblers' header-read timeout (4 s); a loaded machine may be slow.
+            assert elapsed < 3.0, f"a normal call took {elapsed:.2f}s behind 1000 slow connections"
             # The dribblers are cut at the header-read timeout (4 s after their first byte; allow 2x).
             deadline = time.monotonic() + 8.0
             closed = 0
@@ -334,7 +336,7 @@ def test_a_body_sent_at_one_byte_a_second_is_cut_at_the_body_timeout(fresh):
                     break
             elapsed = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
-        assert 1.5 <= elapsed <= 4.0, elapsed
+        assert 1.5 <= elapsed <= 6.0, elapsed
         assert fresh.upstream_count() == 0
 
 
@@ -350,10 +352,22 @@ def holds_a_place(conn: socket.socket) -> bool:
         conn.setblocking(True)
 
 
+def proxy_side_connections(port) -> int:
+    """Connections the proxy on `port` still holds open, from /proc/net/tcp: ESTABLISHED, or CLOSE_WAIT — one the
+    client closed stays there until the proxy has read its end and dropped it, and with it its place."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for r in rows if int(r[1].rsplit(":", 1)[1], 16) == port and r[3] in ("01", "08"))
+
+
 def fill_connection_places(port, places, attempts=20):
-    """`places` idle connections the proxy has accepted. The connection that waited for /healthz may still hold
-    its place for a moment after the client closed it (the proxy has not yet read its end); a connection refused
-    meanwhile is replaced, so the cap is full of idle connections, not of one that is going away."""
+    """`places` idle connections the proxy has accepted. The connection that waited for /healthz holds its place
+    until the proxy has read its end: wait until it is gone; a connection refused all the same is replaced, so
+    the cap is full of idle connections, not of one that is going away."""
+    deadline = time.monotonic() + 10
+    while proxy_side_connections(port):
+        assert time.monotonic() < deadline, "the proxy kept a closed connection for 10 s"
+        time.sleep(0.02)
     idle = []
     for _ in range(attempts):
         idle += [socket.create_connection(("127.0.0.1", port)) for _ in range(places - len(idle))]
@@ -380,17 +394,22 @@ def test_connections_beyond_the_cap_get_a_fast_503(fresh):
         finally:
             for s in idle:
                 s.close()
-        time.sleep(0.2)
+        # The places come back once the proxy has read each closed connection's end.
+        deadline = time.monotonic() + 10
+        while post_chat(fresh.port)[0] != 200:
+            assert time.monotonic() < deadline, "no place came back within 10 s of closing the idle connections"
+            time.sleep(0.05)
         assert rejected(fresh, "connections") >= 1
-        assert post_chat(fresh.port)[0] == 200
 
 
 def test_requests_beyond_the_in_flight_cap_get_a_fast_503(fresh):
     with proxy_with(fresh, "--max-in-flight", "1"):
-        fresh.control("POST", "/_control/script", [{"delay_ms": 2000}])
+        fresh.control("POST", "/_control/script", [{"delay_ms": 4000}])
         slow = threading.Thread(target=post_chat, args=(fresh.port,))
         slow.start()
+        deadline = time.monotonic() + 10
         while fresh.upstream_count() == 0:
+            assert time.monotonic() < deadline, "the slow request never reached the upstream"
             time.sleep(0.02)
         started = time.monotonic()
         status, headers, body = post_chat(fresh.port)
@@ -404,11 +423,11 @@ def test_requests_beyond_the_in_flight_cap_get_a_fast_503(fresh):
 def test_an_idle_keep_alive_connection_is_closed(fresh):
     with proxy_with(fresh, "--idle-timeout", "500ms"):
         with socket.create_connection(("127.0.0.1", fresh.port), timeout=5) as s:
+            started = time.monotonic()  # before the request: the idle time starts after its answer
             s.sendall(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
             assert s.recv(4096).startswith(b"HTTP/1.1 200")
-            started = time.monotonic()
             assert s.recv(4096) == b""  # closed by the proxy, not by us
-            assert 0.4 <= time.monotonic() - started <= 2.5
+            assert 0.5 <= time.monotonic() - started <= 4.0
 
 
 # === 6. upstream bodies ===
