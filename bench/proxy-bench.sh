@@ -11,7 +11,8 @@
 # Sections (SECTIONS, default all, in this order):
 #   throughput : ROUNDS rounds; in each round every target gets a wrk run (order rotates per round); one table
 #                with the median req/s, p50, p99, the CPU time per request of the target's own process (nginx's
-#                worker, the whole proxy) and the ratios to direct and to nginx, plus every round.
+#                worker, the whole proxy) and of the OTLP receiver meanwhile, and the ratios to direct and to
+#                nginx, plus every round; then each full-evidence target's ratio to nginx round by round.
 #   rate       : constant-rate, open-loop load (vegeta: requests leave on schedule, so a slow answer does not
 #                hold back the next request — no coordinated omission) at each of RATES req/s; p50/p99/p99.9
 #                per target and added over direct in the same round.
@@ -229,7 +230,7 @@ section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 if section throughput; then
     echo
     echo "== throughput: $ROUNDS rounds of wrk -t1 -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up) per target, order rotating"
-    declare -A RPS P50 P99 CPU
+    declare -A RPS P50 P99 CPU RCV ROUND_RPS
     n=${#TARGETS[@]}
     for round in $(seq 1 "$ROUNDS"); do
         line_out="   round $round:"
@@ -237,12 +238,17 @@ if section throughput; then
             t=${TARGETS[$(((k + round - 1) % n))]}
             warm_wrk "$t" "$CONNECTIONS"
             c0=$(cpu_ticks "${WORKER[$t]}")
+            v0=$(cpu_ticks "$ROTEL_PID")
             r=$(measure_wrk "$t" "$CONNECTIONS" "$DURATION")
             c1=$(cpu_ticks "${WORKER[$t]}")
+            v1=$(cpu_ticks "$ROTEL_PID")
             RPS[$t]+=" $(field rps "$r")"
+            ROUND_RPS[$t,$round]=$(field rps "$r")
             # CPU time of the target's own process per measured request: less noisy than req/s on a shared
             # machine, where the load generator and the origin share the same cores.
             CPU[$t]+=" $(awk -v c=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v n="$(field requests "$r")" 'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "n/a" }')"
+            # The OTLP receiver's CPU per request meanwhile: on these shared cores, the rest of the evidence's cost.
+            RCV[$t]+=" $(awk -v c=$((v1 - v0)) -v hz="$(getconf CLK_TCK)" -v n="$(field requests "$r")" 'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "n/a" }')"
             P50[$t]+=" $(field p50_ms "$r")"
             P99[$t]+=" $(field p99_ms "$r")"
             errs="$(field non2xx "$r")/$(field socket_errors "$r")"
@@ -253,10 +259,10 @@ if section throughput; then
     evidence_check
     echo
     echo "(CPU µs/req: CPU time of the target's process per request over the measured run — nginx's worker, or the"
-    echo " whole proxy process; for direct, the origin's worker.)"
+    echo " whole proxy process; for direct, the origin's worker. Receiver µs/req: the OTLP receiver's, meanwhile.)"
     echo
-    echo "| target | req/s (median) | p50 ms | p99 ms | × direct | × nginx hop | p99 × nginx | CPU µs/req | CPU × nginx hop | rounds req/s |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
+    echo "| target | req/s (median) | p50 ms | p99 ms | × direct | × nginx hop | p99 × nginx | CPU µs/req | CPU × nginx hop | receiver µs/req | rounds req/s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
     d_rps=$(median <<<"${RPS[direct]}")
     n_rps=$(median <<<"${RPS[nginx]}")
     n_p99=$(median <<<"${P99[nginx]}")
@@ -265,7 +271,14 @@ if section throughput; then
         m=$(median <<<"${RPS[$t]}")
         p99=$(median <<<"${P99[$t]}")
         cpu=$(median <<<"${CPU[$t]}")
-        echo "| $t | $m | $(median <<<"${P50[$t]}") | $p99 | $(ratio "$m" "$d_rps") | $(ratio "$m" "$n_rps") | $(ratio "$p99" "$n_p99") | $cpu | $(ratio "$cpu" "$n_cpu") |${RPS[$t]} |"
+        echo "| $t | $m | $(median <<<"${P50[$t]}") | $p99 | $(ratio "$m" "$d_rps") | $(ratio "$m" "$n_rps") | $(ratio "$p99" "$n_p99") | $cpu | $(ratio "$cpu" "$n_cpu") | $(median <<<"${RCV[$t]}") |${RPS[$t]} |"
+    done
+    echo
+    for t in "${TARGETS[@]}"; do
+        [[ $t == full* ]] || continue
+        per=""
+        for round in $(seq 1 "$ROUNDS"); do per+=" $(ratio "${ROUND_RPS[$t,$round]}" "${ROUND_RPS[nginx,$round]}")"; done
+        echo "$t × nginx hop, round by round (the same round's nginx):$per"
     done
     f_rps=$(median <<<"${RPS[full]}")
     echo
