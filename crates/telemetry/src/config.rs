@@ -51,9 +51,12 @@ pub struct TelemetryConfig {
     pub evidence_rotation: crate::EvidenceRotation,
     /// Spans (and, separately, log records) that may wait for export in full batches
     /// (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048), besides the batch each connection thread is filling (at most
-    /// 512 items each). Past it, new batches are dropped and their items counted in
+    /// [`batch_size`](Self::batch_size) items each). Past it, new batches are dropped and their items counted in
     /// `retrybudget.telemetry.dropped`.
     pub queue_size: usize,
+    /// Most spans (or log records) in one export request (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512); a
+    /// value above [`queue_size`](Self::queue_size) is taken as the queue size, as the specification says.
+    pub batch_size: usize,
     /// Longest wait before a partial batch of spans or log records is exported (`OTEL_BSP_SCHEDULE_DELAY`,
     /// default 5 s).
     pub batch_delay: Duration,
@@ -73,6 +76,7 @@ impl Default for TelemetryConfig {
             evidence_file: None,
             evidence_rotation: crate::EvidenceRotation::default(),
             queue_size: 2048,
+            batch_size: 512,
             batch_delay: Duration::from_secs(5),
         }
     }
@@ -88,7 +92,9 @@ impl TelemetryConfig {
     /// `OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `_TRACES_` / `_METRICS_` / `_LOGS_` variants),
     /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` | `http/protobuf`, default `http/protobuf` as the spec says),
     /// `OTEL_EXPORTER_OTLP_TIMEOUT` (ms), `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-    /// `OTEL_METRIC_EXPORT_INTERVAL` (ms). With no endpoint set, nothing is exported over OTLP.
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (ms), `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (ms; the three apply to log records too). With no endpoint set, nothing is
+    /// exported over OTLP.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, TelemetryError> {
         let get = |name: &str| {
             lookup(name)
@@ -105,13 +111,15 @@ impl TelemetryConfig {
         if let Some(ms) = get("OTEL_METRIC_EXPORT_INTERVAL") {
             config.metric_interval = parse_ms("OTEL_METRIC_EXPORT_INTERVAL", &ms)?;
         }
-        if let Some(n) = get("OTEL_BSP_MAX_QUEUE_SIZE") {
-            config.queue_size = n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                TelemetryError::Config(format!(
-                    "OTEL_BSP_MAX_QUEUE_SIZE={n:?}: expected a positive number of items"
-                ))
-            })?;
-        }
+        let items = |name: &str, default: usize| match get(name) {
+            None => Ok(default),
+            Some(n) => n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                TelemetryError::Config(format!("{name}={n:?}: expected a positive number of items"))
+            }),
+        };
+        config.queue_size = items("OTEL_BSP_MAX_QUEUE_SIZE", config.queue_size)?;
+        config.batch_size =
+            items("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", config.batch_size)?.min(config.queue_size);
         if let Some(ms) = get("OTEL_BSP_SCHEDULE_DELAY") {
             config.batch_delay = parse_ms("OTEL_BSP_SCHEDULE_DELAY", &ms)?;
         }
@@ -322,8 +330,8 @@ mod tests {
     fn queue_and_delay() {
         let c = from(&[]).unwrap();
         assert_eq!(
-            (c.queue_size, c.batch_delay),
-            (2048, Duration::from_secs(5))
+            (c.queue_size, c.batch_size, c.batch_delay),
+            (2048, 512, Duration::from_secs(5))
         );
         let c = from(&[
             ("OTEL_BSP_MAX_QUEUE_SIZE", "16"),
@@ -331,8 +339,17 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (c.queue_size, c.batch_delay),
-            (16, Duration::from_millis(250))
+            (c.queue_size, c.batch_size, c.batch_delay),
+            (16, 16, Duration::from_millis(250))
+        );
+        let c = from(&[("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048")]).unwrap();
+        assert_eq!((c.queue_size, c.batch_size), (2048, 2048));
+        let e = from(&[("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") && e.contains("positive"),
+            "{e}"
         );
     }
 

@@ -245,6 +245,7 @@ impl Telemetry {
                     signal,
                     exporter,
                     config.queue_size,
+                    config.batch_size,
                     config.batch_delay,
                     Arc::clone(&dropped),
                 )

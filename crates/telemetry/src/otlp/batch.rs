@@ -27,8 +27,6 @@ use super::OtlpExporter;
 use super::proto::{EncodedResource, Groups, LogFields, Scalar};
 use crate::export::{Dropped, export_failed};
 
-/// Most items in one export request (the SDK's default `max_export_batch_size`).
-const MAX_BATCH: usize = 512;
 /// Most shards: threads beyond share them.
 const MAX_SHARDS: usize = 16;
 
@@ -78,16 +76,18 @@ thread_local! {
 }
 
 impl Batcher {
-    /// Starts the export thread of `signal` (an index into [`crate::export::SIGNALS`]) sending through `exporter`:
-    /// at most `queue` items wait in full batches; none waits in a shard longer than `delay`.
+    /// Starts the export thread of `signal` (an index into [`crate::export::SIGNALS`]) sending through `exporter`
+    /// at most `batch` items per request: at most `queue` items wait in full batches; none waits in a shard
+    /// longer than `delay`.
     pub(crate) fn start(
         signal: usize,
         exporter: OtlpExporter,
         queue: usize,
+        batch: usize,
         delay: Duration,
         dropped: Arc<Dropped>,
     ) -> std::io::Result<Batcher> {
-        let batch = queue.clamp(1, MAX_BATCH);
+        let batch = batch.clamp(1, queue.max(1));
         let shards = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SHARDS));
         let shared = Arc::new(Shared {
             signal,
@@ -334,7 +334,8 @@ mod tests {
         let dropped = Arc::new(Dropped::default());
         // An hour: nothing here is sent by the timer.
         let delay = Duration::from_secs(3600);
-        let batcher = Batcher::start(TRACES, exporter, queue, delay, Arc::clone(&dropped)).unwrap();
+        let batcher =
+            Batcher::start(TRACES, exporter, queue, 512, delay, Arc::clone(&dropped)).unwrap();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(batcher)
             .build();
@@ -422,6 +423,7 @@ mod tests {
             TRACES,
             exporter,
             8,
+            512,
             Duration::from_secs(3600),
             Arc::clone(&dropped),
         )
