@@ -1,6 +1,7 @@
-"""Process helpers shared by the Python suites (tests/sdk, tests/security, tests/caller, bench/): a free
-loopback port, a wait for an HTTP endpoint, the `retrybudget` binary under test, a child process whose output
-goes to log files and that is stopped by its pid, and the fake upstream's control API and a proxy's /metrics.
+"""Process helpers shared by the Python suites (tests/sdk, tests/security, tests/caller, tests/chain, bench/): a
+free loopback port, a wait for an HTTP endpoint, the `retrybudget` binary under test, a child process whose
+output goes to log files and that is stopped by its pid, the fake upstream's control API, a proxy's /metrics,
+and the records of an evidence file that is still being written.
 
 Nothing here sleeps for timing: waits poll for a condition with a generous bound.
 """
@@ -89,3 +90,12 @@ def stop_process(p: subprocess.Popen, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait()
+
+
+def evidence_records(path) -> list[dict]:
+    """The records of one evidence file, read while the proxy may still be writing it: a read can land while
+    the writer's write(2) is copying a batch in, so the file may end part-way through a line. Only lines that
+    end in a newline count; a line cut anywhere else still fails `json.loads`."""
+    with open(path) as f:
+        text = f.read()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]

@@ -84,11 +84,7 @@ class Stack:
         """The evidence file's records, once it holds `at_least` (its writer flushes every 100 ms: wait for them)."""
         deadline, lines = time.time() + timeout, []
         while True:
-            with open(self.evidence) as f:
-                text = f.read()
-            # A read can land while the writer's write(2) is still copying a batch in: the file then ends
-            # part-way through a line. Only lines that end in a newline are written; the rest is read next time.
-            lines = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+            lines = procs.evidence_records(self.evidence)
             if len(lines) >= at_least:
                 return lines
             assert time.time() < deadline, f"{len(lines)} evidence lines after {timeout} s, expected {at_least}"

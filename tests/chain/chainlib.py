@@ -21,7 +21,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import sys
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from procs import evidence_records  # noqa: E402  (tests/procs.py)
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTOR_DIR = REPO / "collector-config"
@@ -191,15 +195,8 @@ def set_load(upstream: str, mode: dict) -> None:
 
 
 def read_evidence(path: Path) -> list[dict]:
-    """Every whole line of the evidence file and of its rotated siblings (PATH.1, PATH.2, …).
-
-    A read can land while the writer's write(2) is still copying a batch in, so a file may end part-way through a
-    line: only lines that end in a newline count (a line cut anywhere else still fails `json.loads`)."""
-    lines = []
-    for f in sorted(path.parent.glob(path.name + "*")):
-        text = f.read_text()
-        lines += [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
-    return lines
+    """Every whole line of the evidence file and of its rotated siblings (PATH.1, PATH.2, …)."""
+    return [record for f in sorted(path.parent.glob(path.name + "*")) for record in evidence_records(f)]
 
 
 def metric_value(text: str, name: str, labels: dict | None = None) -> float:

@@ -340,18 +340,6 @@ def test_a_body_sent_at_one_byte_a_second_is_cut_at_the_body_timeout(fresh):
         assert fresh.upstream_count() == 0
 
 
-def holds_a_place(conn: socket.socket) -> bool:
-    """True while the proxy keeps `conn` open without answering it (a refused one got a 503 and was closed)."""
-    conn.setblocking(False)
-    try:
-        conn.recv(1, socket.MSG_PEEK)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        conn.setblocking(True)
-
-
 def proxy_side_connections(port) -> int:
     """Connections the proxy on `port` still holds open, from /proc/net/tcp: ESTABLISHED, or CLOSE_WAIT — one the
     client closed stays there until the proxy has read its end and dropped it, and with it its place."""
@@ -360,31 +348,20 @@ def proxy_side_connections(port) -> int:
     return sum(1 for r in rows if int(r[1].rsplit(":", 1)[1], 16) == port and r[3] in ("01", "08"))
 
 
-def fill_connection_places(port, places, attempts=20):
-    """`places` idle connections the proxy has accepted. The connection that waited for /healthz holds its place
-    until the proxy has read its end: wait until it is gone; a connection refused all the same is replaced, so
-    the cap is full of idle connections, not of one that is going away."""
+def idle_connections(port, n):
+    """`n` idle connections, opened once the proxy holds no other: the one that waited for /healthz keeps its
+    place until the proxy has read its end, and would leave the cap one place short of full. The proxy accepts
+    in order, so these take their places before any connection opened after them."""
     deadline = time.monotonic() + 10
     while proxy_side_connections(port):
         assert time.monotonic() < deadline, "the proxy kept a closed connection for 10 s"
         time.sleep(0.02)
-    idle = []
-    for _ in range(attempts):
-        idle += [socket.create_connection(("127.0.0.1", port)) for _ in range(places - len(idle))]
-        time.sleep(0.2)
-        for conn in [c for c in idle if not holds_a_place(c)]:
-            conn.close()
-            idle.remove(conn)
-        if len(idle) == places:
-            return idle
-    for conn in idle:
-        conn.close()
-    raise AssertionError(f"the proxy kept only {len(idle)} of {places} idle connections open")
+    return [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
 
 
 def test_connections_beyond_the_cap_get_a_fast_503(fresh):
     with proxy_with(fresh, "--max-connections", "4"):
-        idle = fill_connection_places(fresh.port, 4)
+        idle = idle_connections(fresh.port, 4)
         try:
             started = time.monotonic()
             status, headers, body = post_chat(fresh.port)

@@ -54,8 +54,8 @@ pub struct TelemetryConfig {
     /// [`batch_size`](Self::batch_size) items each). Past it, new batches are dropped and their items counted in
     /// `retrybudget.telemetry.dropped`.
     pub queue_size: usize,
-    /// Most spans (or log records) in one export request (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512); a
-    /// value above [`queue_size`](Self::queue_size) is taken as the queue size, as the specification says.
+    /// Most spans (or log records) in one export request (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512); the
+    /// batcher takes a value above [`queue_size`](Self::queue_size) as the queue size, as the specification says.
     pub batch_size: usize,
     /// Longest wait before a partial batch of spans or log records is exported (`OTEL_BSP_SCHEDULE_DELAY`,
     /// default 5 s).
@@ -118,8 +118,7 @@ impl TelemetryConfig {
             }),
         };
         config.queue_size = items("OTEL_BSP_MAX_QUEUE_SIZE", config.queue_size)?;
-        config.batch_size =
-            items("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", config.batch_size)?.min(config.queue_size);
+        config.batch_size = items("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", config.batch_size)?;
         if let Some(ms) = get("OTEL_BSP_SCHEDULE_DELAY") {
             config.batch_delay = parse_ms("OTEL_BSP_SCHEDULE_DELAY", &ms)?;
         }
@@ -340,7 +339,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (c.queue_size, c.batch_size, c.batch_delay),
-            (16, 16, Duration::from_millis(250))
+            (16, 512, Duration::from_millis(250))
         );
         let c = from(&[("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048")]).unwrap();
         assert_eq!((c.queue_size, c.batch_size), (2048, 2048));

@@ -77,8 +77,8 @@ thread_local! {
 
 impl Batcher {
     /// Starts the export thread of `signal` (an index into [`crate::export::SIGNALS`]) sending through `exporter`
-    /// at most `batch` items per request: at most `queue` items wait in full batches; none waits in a shard
-    /// longer than `delay`.
+    /// at most `batch` items per request (at most `queue`: the one place the batch is bounded by the queue): at
+    /// most `queue` items wait in full batches; none waits in a shard longer than `delay`.
     pub(crate) fn start(
         signal: usize,
         exporter: OtlpExporter,
