@@ -192,7 +192,7 @@ impl Client {
         {
             headers.insert(retrybudget_telemetry::TRACEPARENT, tp);
         }
-        headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+        headers.insert(ATTEMPT_HEADER, crate::count_value(attempt));
         if !headers.contains_key(header::AUTHORIZATION)
             && let Some(authorization) = &inner.authorization
         {

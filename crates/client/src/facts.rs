@@ -1,6 +1,8 @@
 //! What evidence may keep of a response: identifiers and counts, read without building a JSON tree and
 //! bounded whatever the upstream sends (the upstream is not trusted; its values are exported).
 
+use std::borrow::Cow;
+
 use retrybudget_telemetry::ResponseFacts;
 
 /// The parts of a chat completion (or of one stream chunk) that evidence may record: identifiers and counts.
@@ -8,9 +10,9 @@ use retrybudget_telemetry::ResponseFacts;
 #[derive(serde::Deserialize)]
 pub(crate) struct Facts<'a> {
     #[serde(borrow, default)]
-    id: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    model: Option<std::borrow::Cow<'a, str>>,
+    model: Option<Text<'a>>,
     #[serde(default)]
     choices: Vec<ChoiceFacts<'a>>,
     #[serde(default)]
@@ -22,7 +24,30 @@ struct ChoiceFacts<'a> {
     #[serde(default)]
     index: Option<u32>,
     #[serde(borrow, default)]
-    finish_reason: Option<std::borrow::Cow<'a, str>>,
+    finish_reason: Option<Text<'a>>,
+}
+
+/// A string borrowed from the body unless it holds escapes. (serde borrows a `Cow<str>` field only when the
+/// field is the `Cow` itself: inside an `Option` it always copies.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+        }
+        d.deserialize_str(Visitor).map(Text)
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -39,7 +64,7 @@ pub const MAX_CHOICES: usize = 16;
 const MAX_FACT_LEN: usize = 128;
 
 /// A fact from the upstream, kept only if short and plain (it is exported, and the upstream is not trusted).
-fn plain(s: std::borrow::Cow<'_, str>) -> Option<String> {
+fn plain(Text(s): Text<'_>) -> Option<String> {
     (s.len() <= MAX_FACT_LEN
         && s.bytes()
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\')))
@@ -60,10 +85,9 @@ impl FinishReasons {
     }
 
     /// In choice order.
-    pub(crate) fn to_vec(&self) -> Vec<String> {
-        let mut v = self.0.clone();
-        v.sort_by_key(|(i, _)| *i);
-        v.into_iter().map(|(_, r)| r).collect()
+    pub(crate) fn into_sorted(mut self) -> Vec<String> {
+        self.0.sort_by_key(|(i, _)| *i);
+        self.0.into_iter().map(|(_, r)| r).collect()
     }
 }
 
@@ -89,5 +113,46 @@ impl Facts<'_> {
             facts.input_tokens = u.prompt_tokens;
             facts.output_tokens = u.completion_tokens;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn read(body: &str) -> (ResponseFacts, Vec<String>) {
+        let mut facts = ResponseFacts::default();
+        let mut finish = FinishReasons::default();
+        serde_json::from_str::<Facts<'_>>(body)
+            .unwrap()
+            .merge_into(&mut facts, &mut finish);
+        (facts, finish.into_sorted())
+    }
+
+    #[test]
+    fn borrowed_and_escaped_strings_read_alike() {
+        let plain = r#"{"id":"chatcmpl-A","model":"m-1","choices":[{"index":1,"finish_reason":"length"},{"index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        let escaped = r#"{"id":"chatcmpl-\u0041","model":"m\u002d1","choices":[{"index":1,"finish_reason":"len\u0067th"},{"index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        for body in [plain, escaped] {
+            let (facts, finish) = read(body);
+            assert_eq!(facts.id.as_deref(), Some("chatcmpl-A"), "{body}");
+            assert_eq!(facts.model.as_deref(), Some("m-1"), "{body}");
+            assert_eq!(finish, ["stop", "length"], "{body}");
+            assert_eq!(
+                (facts.input_tokens, facts.output_tokens),
+                (Some(3), Some(4))
+            );
+        }
+    }
+
+    #[test]
+    fn values_that_are_not_plain_are_dropped() {
+        let (facts, finish) =
+            read(r#"{"id":"a\"b","model":"x\\y","choices":[{"finish_reason":"a b"}]}"#);
+        assert_eq!((facts.id, facts.model), (None, None));
+        assert!(finish.is_empty());
+        assert!(serde_json::from_str::<Facts<'_>>(r#"{"id":7}"#).is_err());
     }
 }

@@ -360,8 +360,10 @@ impl Inflight {
         self.done = true;
         let Some(outcome) = d.outcome else { return };
         let (_, backoff_total) = self.call.backoff();
-        self.facts.finish_reasons = self.finish.to_vec();
-        let has_facts = self.facts.id.is_some() || self.facts.input_tokens.is_some();
+        // The call ends here: its facts move into the evidence.
+        let mut facts = std::mem::take(&mut self.facts);
+        facts.finish_reasons = std::mem::take(&mut self.finish).into_sorted();
+        let has_facts = facts.id.is_some() || facts.input_tokens.is_some();
         CallEvent {
             labels: &self.labels,
             outcome,
@@ -378,7 +380,7 @@ impl Inflight {
             },
             client_retry_count: self.client_retry_count,
             caller_retry: self.caller_retry,
-            response: has_facts.then_some(&self.facts),
+            response: has_facts.then_some(facts),
         }
         .emit(&self.client.inner.telemetry, &self.call_cx);
     }

@@ -46,6 +46,27 @@ pub use retrybudget_policy::routes::{CHAT_COMPLETIONS, http_span_name};
 /// Header carrying our attempt index to the upstream (another agent reads it as a nested retry).
 pub const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-retrybudget-attempt");
 
+/// A count as a header value (attempt numbers and counts): the small ones every request sends are static
+/// values, so setting them allocates nothing; larger ones are formatted.
+pub fn count_value(n: u32) -> HeaderValue {
+    const SMALL: [HeaderValue; 10] = [
+        HeaderValue::from_static("0"),
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+        HeaderValue::from_static("4"),
+        HeaderValue::from_static("5"),
+        HeaderValue::from_static("6"),
+        HeaderValue::from_static("7"),
+        HeaderValue::from_static("8"),
+        HeaderValue::from_static("9"),
+    ];
+    match SMALL.get(n as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(n),
+    }
+}
+
 /// How to reach the upstream and how to retry.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

@@ -375,7 +375,7 @@ pub const PEEK_LIMIT: usize = 64 * 1024;
 /// The upstream's error *message* is never read, so it cannot leak into telemetry. Values are kept only if
 /// they look like identifiers (short, `[A-Za-z0-9_.-]`), which keeps them low-cardinality and content-free.
 pub fn peek_error_body(body: &[u8]) -> ErrorPeek {
-    if body.len() > PEEK_LIMIT {
+    if body.is_empty() || body.len() > PEEK_LIMIT {
         return ErrorPeek::default();
     }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {

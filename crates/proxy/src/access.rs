@@ -150,11 +150,19 @@ impl Access {
 
     /// Whether a `Host` value (`name`, `name:port`, `[v6]:port`) is allowed.
     pub(crate) fn host_allowed(&self, value: &str) -> bool {
-        let value = value.trim().to_ascii_lowercase();
+        let value = value.trim();
+        // Lower-cased only when it has capitals (a copy per request otherwise).
+        let lower;
+        let value = if value.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = value.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            value
+        };
         if value.contains('@') {
             return false;
         }
-        let Some(name) = host_name(&value) else {
+        let Some(name) = host_name(value) else {
             return false;
         };
         if name == "localhost" {

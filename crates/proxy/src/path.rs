@@ -76,7 +76,11 @@ pub(crate) fn check(path: &str) -> Result<(), PathError> {
 
 fn check_segment(raw: &str) -> Result<(), PathError> {
     let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
+    // The decoded segment is not kept: only its length, and its name (the part before any `;`) when that is
+    // short enough to be `.` or `..`.
+    let mut decoded = 0;
+    let mut name_len = None;
+    let mut head = [0u8; 2];
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -99,14 +103,24 @@ fn check_segment(raw: &str) -> Result<(), PathError> {
         if !(0x20..0x7f).contains(&byte) {
             return Err(PathError::BadByte);
         }
-        decoded.push(byte);
+        if name_len.is_none() {
+            if byte == b';' {
+                name_len = Some(decoded);
+            } else if let Some(slot) = head.get_mut(decoded) {
+                *slot = byte;
+            }
+        }
+        decoded += 1;
     }
     // `..;x` is `..` to servers that strip path parameters.
-    let name = decoded.split(|&b| b == b';').next().unwrap_or(&[]);
+    let name = match name_len.unwrap_or(decoded) {
+        n @ (1 | 2) => &head[..n],
+        _ => &[][..],
+    };
     if name == b"." || name == b".." {
         return Err(PathError::DotSegment);
     }
-    if decoded.is_empty() {
+    if decoded == 0 {
         return Err(PathError::EmptySegment);
     }
     Ok(())
@@ -212,6 +226,12 @@ mod tests {
             "/v1/models/a.b",
             "/v1/models/...",
             "/v1/models/a..b",
+            // Path parameters: only the name before the first `;` is checked for a dot segment.
+            "/v1/models/.a",
+            "/v1/models/;v=1",
+            "/v1/models/a;..",
+            "/v1/models/..a;b",
+            "/v1/models/%2e%2e%2e;x",
         ] {
             assert_eq!(check(ok), Ok(()), "{ok}");
         }
@@ -240,6 +260,8 @@ mod tests {
             ("/v1/..;/x", PathError::DotSegment),
             ("/v1/..;jsessionid=1/x", PathError::DotSegment),
             ("/v1/%2e%2e%3b/x", PathError::DotSegment),
+            ("/v1/.;x/y", PathError::DotSegment),
+            ("/v1/%2e;/y", PathError::DotSegment),
             ("/v1/%252e%252e/x", PathError::BadEscape),
             ("/v1/%25252e/x", PathError::BadEscape),
             ("/v1/%25/x", PathError::BadEscape),

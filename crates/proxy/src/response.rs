@@ -303,6 +303,8 @@ pub(crate) fn relay(exchange: Exchange) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = exchange.status;
     let headers = response.headers_mut();
+    // Sized once: the relayed headers and our two (no growing step by step).
+    headers.reserve(exchange.headers.len() + 2);
     for (name, value) in exchange.headers.iter().filter(|(name, _)| is_relayed(name)) {
         headers.append(name.clone(), value.clone());
     }
@@ -311,8 +313,11 @@ pub(crate) fn relay(exchange: Exchange) -> Response {
 }
 
 fn mark(headers: &mut HeaderMap, attempts: u32, outcome: Outcome) {
-    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
-    headers.insert(OUTCOME_HEADER, HeaderValue::from_static(outcome.as_str()));
+    // Parsed names and static values: nothing allocated per response.
+    const ATTEMPTS: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER);
+    const OUTCOME: HeaderName = HeaderName::from_static(OUTCOME_HEADER);
+    headers.insert(ATTEMPTS, retrybudget_client::count_value(attempts));
+    headers.insert(OUTCOME, HeaderValue::from_static(outcome.as_str()));
 }
 
 /// Chunks of a body passed through, at most this many waiting for a slow reader.

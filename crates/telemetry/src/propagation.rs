@@ -27,18 +27,34 @@ pub fn traceparent(cx: &Context) -> Option<String> {
 
 /// Appends `bytes` as lowercase hex, as W3C trace context and OTLP/JSON spell ids.
 pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    for &b in bytes {
+        out.extend(hex_digits(b).map(char::from));
     }
 }
 
-/// `bytes` as lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes);
-    out
+/// One byte's two lowercase hex digits.
+fn hex_digits(b: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]
+}
+
+/// `N` bytes (a trace or span id) as lowercase hex, on the stack: the evidence line borrows it.
+pub(crate) struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> Hex<N> {
+    /// Holds the hex of `bytes`; `N` must be twice their length.
+    pub(crate) fn new(bytes: &[u8]) -> Self {
+        let mut out = [0u8; N];
+        for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair.copy_from_slice(&hex_digits(b));
+        }
+        Self(out)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII hex digits were written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// A context whose remote parent is the caller's `traceparent`; an absent or malformed value gives an empty
@@ -89,8 +105,14 @@ mod tests {
         let cx = extract_traceparent(Some(tp));
         assert_eq!(traceparent(&cx).as_deref(), Some(tp));
         let sc = cx.span().span_context().clone();
-        assert_eq!(hex(&sc.trace_id().to_bytes()), sc.trace_id().to_string());
-        assert_eq!(hex(&sc.span_id().to_bytes()), sc.span_id().to_string());
+        assert_eq!(
+            Hex::<32>::new(&sc.trace_id().to_bytes()).as_str(),
+            sc.trace_id().to_string()
+        );
+        assert_eq!(
+            Hex::<16>::new(&sc.span_id().to_bytes()).as_str(),
+            sc.span_id().to_string()
+        );
         for bad in [
             "",
             "garbage",

@@ -14,7 +14,7 @@ use crate::names::*;
 use crate::nested::CallerRetry;
 use crate::otlp::{LogBody, LogFields, Scalar};
 use crate::pipeline::Telemetry;
-use crate::propagation::hex;
+use crate::propagation::Hex;
 use crate::record::EvidenceRecord;
 use crate::timestamp::rfc3339;
 
@@ -186,6 +186,10 @@ impl AttemptEvent<'_> {
             );
         }
         if let Some(writer) = &inner.evidence {
+            let (trace_id, span_id) = (
+                Hex::<32>::new(&ctx.trace_id().to_bytes()),
+                Hex::<16>::new(&ctx.span_id().to_bytes()),
+            );
             let record = EvidenceRecord {
                 timestamp: rfc3339(now).into(),
                 environment: inner.environment.as_str().into(),
@@ -209,8 +213,8 @@ impl AttemptEvent<'_> {
                 caller_retry: self.caller_retry.map(|r| r.source.as_str().into()),
                 caller_attempt: self.caller_retry.map(|r| r.attempt),
                 operator_note: note.into(),
-                trace_id: hex(&ctx.trace_id().to_bytes()).into(),
-                span_id: hex(&ctx.span_id().to_bytes()).into(),
+                trace_id: trace_id.as_str().into(),
+                span_id: span_id.as_str().into(),
             };
             writer.write_with(|pending| record.write_json(pending));
         }

@@ -39,8 +39,9 @@ pub struct CallEvent<'a> {
     pub client_retry_count: Option<u32>,
     /// Set when the request was its caller's re-send (proxy mode): how it was recognised.
     pub caller_retry: Option<CallerRetry>,
-    /// Response facts (ids, model, finish reasons, usage), when a response arrived.
-    pub response: Option<&'a ResponseFacts>,
+    /// Response facts (ids, model, finish reasons, usage), when a response arrived: moved into the span's
+    /// attributes, not copied.
+    pub response: Option<ResponseFacts>,
 }
 
 /// What the evidence may say about a response: identifiers and counts, never content.
@@ -60,7 +61,7 @@ pub struct ResponseFacts {
 
 impl CallEvent<'_> {
     /// Writes the call's evidence and ends the logical span (the span held by `cx`).
-    pub fn emit(&self, telemetry: &Telemetry, cx: &Context) {
+    pub fn emit(self, telemetry: &Telemetry, cx: &Context) {
         let i = &telemetry.inner.instruments;
         let l = self.labels;
         let span = cx.span();
@@ -95,15 +96,15 @@ impl CallEvent<'_> {
             KeyValue::new(GEN_AI_REQUEST_MODEL, l.model.clone()),
         ];
         if let Some(r) = self.response {
-            if let Some(id) = &r.id {
-                attrs.push(KeyValue::new(GEN_AI_RESPONSE_ID, id.clone()));
+            if let Some(id) = r.id {
+                attrs.push(KeyValue::new(GEN_AI_RESPONSE_ID, id));
             }
-            if let Some(m) = &r.model {
-                attrs.push(KeyValue::new(GEN_AI_RESPONSE_MODEL, m.clone()));
+            if let Some(m) = r.model {
+                attrs.push(KeyValue::new(GEN_AI_RESPONSE_MODEL, m));
             }
             if !r.finish_reasons.is_empty() {
                 let reasons: Vec<opentelemetry::StringValue> =
-                    r.finish_reasons.iter().map(|s| s.clone().into()).collect();
+                    r.finish_reasons.into_iter().map(Into::into).collect();
                 attrs.push(KeyValue::new(
                     GEN_AI_RESPONSE_FINISH_REASONS,
                     opentelemetry::Value::Array(reasons.into()),
