@@ -10,9 +10,9 @@ use retrybudget_telemetry::ResponseFacts;
 #[derive(serde::Deserialize)]
 pub(crate) struct Facts<'a> {
     #[serde(borrow, default)]
-    id: Option<Text<'a>>,
+    id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    model: Option<Text<'a>>,
+    model: Option<Cow<'a, str>>,
     #[serde(default)]
     choices: Vec<ChoiceFacts<'a>>,
     #[serde(default)]
@@ -24,30 +24,7 @@ struct ChoiceFacts<'a> {
     #[serde(default)]
     index: Option<u32>,
     #[serde(borrow, default)]
-    finish_reason: Option<Text<'a>>,
-}
-
-/// A string borrowed from the body unless it holds escapes. (serde borrows a `Cow<str>` field only when the
-/// field is the `Cow` itself: inside an `Option` it always copies.)
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Cow<'de, str>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
-                Ok(Cow::Borrowed(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
-                Ok(Cow::Owned(v.to_owned()))
-            }
-        }
-        d.deserialize_str(Visitor).map(Text)
-    }
+    finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -64,7 +41,7 @@ pub const MAX_CHOICES: usize = 16;
 const MAX_FACT_LEN: usize = 128;
 
 /// A fact from the upstream, kept only if short and plain (it is exported, and the upstream is not trusted).
-fn plain(Text(s): Text<'_>) -> Option<String> {
+fn plain(s: Cow<'_, str>) -> Option<String> {
     (s.len() <= MAX_FACT_LEN
         && s.bytes()
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\')))
