@@ -367,3 +367,13 @@ fn bearer(key: &SecretString) -> Option<HeaderValue> {
     value.set_sensitive(true);
     Some(value)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn count_values_read_as_the_number() {
+        for n in [0, 1, 5, 9, 10, 11, 123, u32::MAX] {
+            assert_eq!(super::count_value(n), http::HeaderValue::from(n), "{n}");
+        }
+    }
+}
