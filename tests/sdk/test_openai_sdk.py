@@ -105,14 +105,12 @@ def test_sdk_retry_header_is_seen_and_evidence_has_no_key(sdk, stack):
         metrics = r.read().decode()
     assert "retrybudget_calls_total" in metrics
     # The evidence writer flushes every 100 ms: wait for this call's line rather than racing it.
-    deadline, evidence = time.time() + 5, ""
-    while time.time() < deadline:
-        with open(stack["evidence"]) as f:
-            evidence = f.read()
-        if evidence.count("\n") > before:
-            break
+    deadline = time.time() + 5
+    while evidence_lines(stack) <= before:
+        assert time.time() < deadline, "the proxy wrote no evidence line for this call within 5 s"
         time.sleep(0.05)
-    assert evidence.count("\n") > before, "the proxy wrote this call's evidence line"
+    with open(stack["evidence"]) as f:
+        evidence = f.read()
     assert "sk-test-not-a-real-key" not in evidence and "Say OK." not in evidence
 
 

@@ -44,6 +44,7 @@ pub(crate) struct Hex<const N: usize>([u8; N]);
 impl<const N: usize> Hex<N> {
     /// Holds the hex of `bytes`; `N` must be twice their length.
     pub(crate) fn new(bytes: &[u8]) -> Self {
+        debug_assert_eq!(N, bytes.len() * 2, "Hex::<N> holds N / 2 bytes");
         let mut out = [0u8; N];
         for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
             pair.copy_from_slice(&hex_digits(b));
